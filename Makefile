@@ -1,0 +1,101 @@
+# tlsproxy — build, test and demo targets.
+#
+#   make test    install missing deps (redis-server/redis-tools via apt-get),
+#                go vet, go test -race (tests start their own redis-server)
+#   make build   bin/tlsproxy
+#   make demo    local Redis on 127.0.0.1:6379 + tlsproxy on 127.0.0.1:6380
+#   make bench   bench/run.sh against a fresh build
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := build
+
+GO      ?= go
+BIN     := bin/tlsproxy
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+CERTS   := certs/dev
+CONFIG  ?= config.example.yaml
+
+DEMO_REDIS_PID := /tmp/tlsproxy-demo-redis.pid
+DEMO_REDIS_LOG := /tmp/tlsproxy-demo-redis.log
+
+.PHONY: all deps build test certs demo demo-stop bench fmt vet clean
+
+all: build
+
+# Install what is missing (only when a binary is missing), then check Go.
+deps:
+	@missing=""; \
+	for b in redis-server redis-cli redis-benchmark; do \
+	  command -v "$$b" >/dev/null 2>&1 || missing="$$missing $$b"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "deps: missing:$$missing; installing redis-server redis-tools with apt-get"; \
+	  command -v apt-get >/dev/null 2>&1 || { echo "deps: apt-get not found; install redis-server and redis-tools by hand" >&2; exit 1; }; \
+	  sudo=""; \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    if command -v sudo >/dev/null 2>&1; then sudo=sudo; \
+	    else echo "deps: not root and no sudo; install redis-server and redis-tools by hand" >&2; exit 1; fi; \
+	  fi; \
+	  $$sudo apt-get update; \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server redis-tools; \
+	fi
+	@command -v $(GO) >/dev/null 2>&1 || { echo "deps: '$(GO)' not found on PATH (Go 1.26 is needed; try PATH=/usr/local/go/bin:\$$PATH)" >&2; exit 1; }
+	@$(GO) version
+
+build:
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/tlsproxy
+
+test: deps
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+# Dev-only CA, server and client certificates (never for production).
+certs: build
+	@if [ -f $(CERTS)/ca.crt ]; then \
+	  echo "certs: $(CERTS)/ca.crt exists; keeping it (regenerate: $(BIN) certs dev --out $(CERTS) --force)"; \
+	else \
+	  $(BIN) certs dev --out $(CERTS); \
+	fi
+
+# Runs a throwaway Redis on 127.0.0.1:6379 (unless one answers already) and
+# tlsproxy in the foreground; Ctrl-C stops tlsproxy, `make demo-stop` the Redis.
+demo: deps build certs
+	@answers() { out=$$(redis-cli -h 127.0.0.1 -p 6379 ping 2>&1 || true); \
+	  case "$$out" in *PONG*|*NOAUTH*|*LOADING*) return 0;; *) return 1;; esac; }; \
+	if answers; then \
+	  echo "demo: using the Redis already answering on 127.0.0.1:6379"; \
+	else \
+	  echo "demo: starting redis-server on 127.0.0.1:6379 (log $(DEMO_REDIS_LOG))"; \
+	  redis-server --port 6379 --bind 127.0.0.1 --save '' --daemonize yes \
+	    --pidfile $(DEMO_REDIS_PID) --logfile $(DEMO_REDIS_LOG); \
+	  for i in $$(seq 50); do answers && break; sleep 0.1; done; \
+	  answers || { echo "demo: redis-server did not come up; see $(DEMO_REDIS_LOG)" >&2; exit 1; }; \
+	fi
+	@echo
+	@echo "demo: tlsproxy listens on 127.0.0.1:6380. In another terminal try:"
+	@echo "  redis-cli -p 6380 --tls --cacert $(CERTS)/ca.crt --cert $(CERTS)/client.crt --key $(CERTS)/client.key ping"
+	@echo "demo: Ctrl-C stops tlsproxy; 'make demo-stop' stops the demo Redis."
+	@echo
+	exec $(BIN) run --config $(CONFIG)
+
+# Stops the Redis that `make demo` started (if it did).
+demo-stop:
+	@if [ -f $(DEMO_REDIS_PID) ] && kill -0 "$$(cat $(DEMO_REDIS_PID))" 2>/dev/null; then \
+	  kill "$$(cat $(DEMO_REDIS_PID))" && echo "demo-stop: stopped demo redis-server"; \
+	else \
+	  echo "demo-stop: no demo redis-server running"; \
+	fi
+
+bench: deps build
+	bash bench/run.sh
+
+fmt:
+	$(GO) fmt ./...
+
+vet:
+	$(GO) vet ./...
+
+clean:
+	rm -rf bin/ bench/out/

@@ -1,0 +1,204 @@
+// Package upstream owns the connections from the proxy to Redis: dialing over
+// TCP, a unix socket or TLS, the per-connection set-up (AUTH, HELLO, SELECT),
+// the multiplexed shared connections and the pool of dedicated ones.
+package upstream
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/tidwall/redcon"
+	"github.com/tlsproxy/tlsproxy/proxy/resp"
+)
+
+// Options says how to reach Redis and how to set up each connection.
+type Options struct {
+	Network  string      // "tcp" or "unix"
+	Address  string      // host:port or socket path
+	TLS      *tls.Config // nil for a plain connection
+	Username string      // ACL user; empty means the default user
+	Password string      // empty means no AUTH
+	DB       int         // selected on connect when not 0
+
+	DialTimeout  time.Duration
+	ReadTimeout  time.Duration
+	WriteTimeout time.Duration
+}
+
+// ReplyError is an error reply Redis gave to a set-up command. Its text is
+// what Redis said, so it is safe to show to a client (it never holds the
+// password).
+type ReplyError struct {
+	Command string // AUTH, HELLO, SELECT or RESET
+	Reply   string // the error line without "-" and CRLF
+}
+
+func (e *ReplyError) Error() string { return e.Command + ": " + e.Reply }
+
+// readBufferSize is the read buffer of an upstream connection. Replies larger
+// than this stream through it; only a single header line must fit.
+const readBufferSize = 64 << 10
+
+// Conn is one connection to Redis, set up and ready for commands.
+type Conn struct {
+	nc    net.Conn
+	opts  *Options
+	proto int // 2 or 3: the protocol the connection was set up with
+
+	buf  []byte // read buffer; buf[r:w] holds bytes read but not yet consumed
+	r, w int
+	scan resp.Scanner
+}
+
+// Dial connects to Redis and runs the set-up commands for the given protocol
+// version (2 or 3).
+func Dial(ctx context.Context, o *Options, proto int) (*Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, o.DialTimeout)
+	defer cancel()
+	d := net.Dialer{KeepAlive: 30 * time.Second}
+	nc, err := d.DialContext(ctx, o.Network, o.Address)
+	if err != nil {
+		return nil, err
+	}
+	if o.TLS != nil {
+		tc := tls.Client(nc, o.TLS)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			nc.Close()
+			return nil, fmt.Errorf("tls handshake with %s: %w", o.Address, err)
+		}
+		nc = tc
+	}
+	c := &Conn{nc: nc, opts: o, proto: proto, buf: make([]byte, readBufferSize)}
+	if deadline, ok := ctx.Deadline(); ok {
+		nc.SetDeadline(deadline)
+	}
+	if err := c.setUp(nil, proto); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	nc.SetDeadline(time.Time{})
+	return c, nil
+}
+
+// Proto is the RESP version the connection speaks.
+func (c *Conn) Proto() int { return c.proto }
+
+// NetConn is the underlying connection.
+func (c *Conn) NetConn() net.Conn { return c.nc }
+
+// Close closes the connection.
+func (c *Conn) Close() error { return c.nc.Close() }
+
+// setUp writes prefix (commands whose replies the caller expects first, such
+// as RESET) followed by the set-up commands in one write, and checks every
+// reply. The caller sets deadlines.
+func (c *Conn) setUp(prefix []string, proto int) error {
+	type step struct {
+		name string
+		args []string
+	}
+	var steps []step
+	for _, p := range prefix {
+		steps = append(steps, step{p, []string{p}})
+	}
+	o := c.opts
+	switch {
+	case proto == 3:
+		args := []string{"HELLO", "3"}
+		if o.Password != "" {
+			user := o.Username
+			if user == "" {
+				user = "default"
+			}
+			args = append(args, "AUTH", user, o.Password)
+		}
+		steps = append(steps, step{"HELLO", args})
+	case o.Password != "" && o.Username != "":
+		steps = append(steps, step{"AUTH", []string{"AUTH", o.Username, o.Password}})
+	case o.Password != "":
+		steps = append(steps, step{"AUTH", []string{"AUTH", o.Password}})
+	}
+	if o.DB != 0 {
+		steps = append(steps, step{"SELECT", []string{"SELECT", strconv.Itoa(o.DB)}})
+	}
+	if len(steps) == 0 {
+		return nil
+	}
+	var out []byte
+	for _, s := range steps {
+		out = redcon.AppendArray(out, len(s.args))
+		for _, a := range s.args {
+			out = redcon.AppendBulkString(out, a)
+		}
+	}
+	if _, err := c.nc.Write(out); err != nil {
+		return err
+	}
+	for _, s := range steps {
+		reply, err := c.readReply()
+		if err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+		if len(reply) > 0 && reply[0] == '-' {
+			return &ReplyError{Command: s.name, Reply: string(reply[1 : len(reply)-2])}
+		}
+	}
+	c.proto = proto
+	return nil
+}
+
+// readReply reads one whole reply. It is for small set-up replies only: the
+// reply is copied out of the read buffer.
+func (c *Conn) readReply() ([]byte, error) {
+	var reply []byte
+	for {
+		n, done, err := c.scan.Scan(c.buf[c.r:c.w], 1)
+		if err != nil {
+			return nil, err
+		}
+		reply = append(reply, c.buf[c.r:c.r+n]...)
+		c.r += n
+		if done == 1 {
+			return reply, nil
+		}
+		if err := c.fill(); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// errLineTooLong means Redis sent a header line that does not fit the read
+// buffer, which no real reply does.
+var errLineTooLong = errors.New("upstream reply line longer than the read buffer")
+
+// fill reads more bytes into the buffer, first moving unconsumed bytes (a
+// partial header line) to its start.
+func (c *Conn) fill() error {
+	if c.r > 0 {
+		c.w = copy(c.buf, c.buf[c.r:c.w])
+		c.r = 0
+	}
+	if c.w == len(c.buf) {
+		return errLineTooLong
+	}
+	n, err := c.nc.Read(c.buf[c.w:])
+	c.w += n
+	if n > 0 {
+		return nil
+	}
+	return err
+}
+
+// reset clears the state a client left on the connection with RESET and
+// runs the set-up again, so the connection can serve another client.
+func (c *Conn) reset() error {
+	c.nc.SetDeadline(time.Now().Add(c.opts.ReadTimeout))
+	defer c.nc.SetDeadline(time.Time{})
+	// RESET returns the connection to RESP2 and the default user.
+	return c.setUp([]string{"RESET"}, c.proto)
+}

@@ -1,0 +1,330 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// Limits bound the connections a Pool keeps to Redis.
+type Limits struct {
+	MaxShared int // multiplexed connections per protocol version
+	MinIdle   int // idle connections kept ready for pinned sessions
+	MaxIdle   int // idle connections kept after pinned sessions end
+	MaxPinned int // dedicated connections leased at once
+}
+
+// ErrClosed is returned once the pool is closed.
+var ErrClosed = errors.New("proxy is shutting down")
+
+// Pool holds the connections to one Redis as one upstream user: a few shared,
+// multiplexed connections per protocol version for stateless commands, and
+// dedicated connections leased to sessions that need connection state.
+type Pool struct {
+	opts   Options
+	limits Limits
+	log    zerolog.Logger
+
+	shared [2][]*sharedSlot // by protocol version - 2
+	next   atomic.Uint32
+	pinned chan struct{} // one token per leased connection
+
+	mu       sync.Mutex
+	idle     [2][]*Conn
+	closed   bool
+	dialErr  error     // last dial failure, returned to clients until retryAt
+	retryAt  time.Time // no new dial before this (backoff)
+	backoff  time.Duration
+	announce sync.Once
+	stop     chan struct{}
+}
+
+type sharedSlot struct {
+	mu sync.Mutex // held while dialing
+	m  atomic.Pointer[mux]
+}
+
+const (
+	minBackoff = 100 * time.Millisecond
+	maxBackoff = 5 * time.Second
+)
+
+// NewPool returns a pool; Start begins keeping idle connections ready.
+func NewPool(o Options, l Limits, log zerolog.Logger) *Pool {
+	p := &Pool{
+		opts:   o,
+		limits: l,
+		log:    log,
+		pinned: make(chan struct{}, l.MaxPinned),
+		stop:   make(chan struct{}),
+	}
+	for i := range p.shared {
+		p.shared[i] = make([]*sharedSlot, l.MaxShared)
+		for j := range p.shared[i] {
+			p.shared[i][j] = new(sharedSlot)
+		}
+	}
+	return p
+}
+
+// Start dials the first connection and keeps MinIdle idle connections ready
+// in the background, redialing with backoff while Redis is unreachable.
+func (p *Pool) Start() {
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			p.fillIdle()
+			select {
+			case <-t.C:
+			case <-p.stop:
+				return
+			}
+		}
+	}()
+}
+
+func (p *Pool) fillIdle() {
+	for {
+		p.mu.Lock()
+		need := !p.closed && len(p.idle[0]) < p.limits.MinIdle
+		p.mu.Unlock()
+		if !need {
+			return
+		}
+		c, err := p.dial(2)
+		if err != nil {
+			return
+		}
+		p.putIdle(c)
+	}
+}
+
+// Do sends a batch of stateless commands over a shared connection and waits
+// for the replies. When Redis cannot be reached, every command gets an error
+// reply at once.
+func (p *Pool) Do(proto int, b *Batch) {
+	m, err := p.sharedConn(proto)
+	if err != nil {
+		b.owed = len(b.Cmds)
+		b.fail(err)
+		return
+	}
+	m.do(b)
+}
+
+func (p *Pool) sharedConn(proto int) (*mux, error) {
+	slots := p.shared[proto-2]
+	s := slots[int(p.next.Add(1))%len(slots)]
+	if m := s.m.Load(); m != nil && m.alive() {
+		return m, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if m := s.m.Load(); m != nil && m.alive() {
+		return m, nil
+	}
+	c, err := p.dial(proto)
+	if err != nil {
+		return nil, err
+	}
+	m := newMux(c)
+	s.m.Store(m)
+	return m, nil
+}
+
+// ErrPinnedExhausted means every dedicated connection allowed by
+// upstream.pool.max_pinned is in use.
+var ErrPinnedExhausted = errors.New("all dedicated connections (upstream.pool.max_pinned) are in use")
+
+// Lease hands out a dedicated connection speaking the given protocol. The
+// caller owns it until Release.
+func (p *Pool) Lease(ctx context.Context, proto int) (*Conn, error) {
+	select {
+	case p.pinned <- struct{}{}:
+	default:
+		t := time.NewTimer(p.opts.DialTimeout)
+		defer t.Stop()
+		select {
+		case p.pinned <- struct{}{}:
+		case <-t.C:
+			return nil, ErrPinnedExhausted
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	for {
+		c := p.takeIdle(proto)
+		if c == nil {
+			break
+		}
+		if c.healthy() {
+			return c, nil
+		}
+		c.Close()
+	}
+	c, err := p.dial(proto)
+	if err != nil {
+		<-p.pinned
+		return nil, err
+	}
+	return c, nil
+}
+
+// ReleaseMode says what state a leased connection comes back in.
+type ReleaseMode int
+
+const (
+	// Clean: the client left no state on the connection.
+	Clean ReleaseMode = iota
+	// Dirty: the client changed connection state; RESET before reuse.
+	Dirty
+	// Broken: replies may still be on the way or the connection failed.
+	Broken
+)
+
+// Release returns a leased connection.
+func (p *Pool) Release(c *Conn, mode ReleaseMode) {
+	defer func() { <-p.pinned }()
+	if mode == Dirty {
+		if err := c.reset(); err != nil {
+			mode = Broken
+		}
+	}
+	if mode == Broken || c.r != c.w || c.scan.InReply() {
+		c.Close()
+		return
+	}
+	p.putIdle(c)
+}
+
+func (p *Pool) takeIdle(proto int) *Conn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	idle := p.idle[proto-2]
+	if len(idle) == 0 {
+		return nil
+	}
+	c := idle[len(idle)-1]
+	p.idle[proto-2] = idle[:len(idle)-1]
+	return c
+}
+
+func (p *Pool) putIdle(c *Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	i := c.proto - 2
+	if p.closed || len(p.idle[i]) >= max(p.limits.MaxIdle, p.limits.MinIdle) {
+		c.Close()
+		return
+	}
+	p.idle[i] = append(p.idle[i], c)
+}
+
+// healthy reports whether an idle connection is still open: Redis sends
+// nothing unasked, so anything readable (data or EOF) means it is not.
+func (c *Conn) healthy() bool {
+	c.nc.SetReadDeadline(time.Now())
+	defer c.nc.SetReadDeadline(time.Time{})
+	var one [1]byte
+	_, err := c.nc.Read(one[:])
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// dial opens a connection unless a recent failure is still backing off, in
+// which case it returns that failure at once: clients get a prompt error
+// instead of each waiting for a dial timeout.
+func (p *Pool) dial(proto int) (*Conn, error) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil, ErrClosed
+	}
+	if p.dialErr != nil && time.Now().Before(p.retryAt) {
+		err := p.dialErr
+		p.mu.Unlock()
+		return nil, err
+	}
+	p.mu.Unlock()
+
+	c, err := Dial(context.Background(), &p.opts, proto)
+
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err != nil {
+		err = fmt.Errorf("%s %s: %w", p.opts.Network, p.opts.Address, err)
+		if p.dialErr == nil {
+			p.log.Warn().Err(err).Msg("cannot connect to Redis")
+		}
+		p.backoff = min(max(2*p.backoff, minBackoff), maxBackoff)
+		p.retryAt = time.Now().Add(p.backoff)
+		p.dialErr = err
+		return nil, err
+	}
+	if p.dialErr != nil {
+		p.log.Info().Str("upstream", p.opts.Address).Msg("Redis is reachable again")
+	}
+	p.dialErr, p.backoff = nil, 0
+	p.announce.Do(p.announceEncryption)
+	return c, nil
+}
+
+// announceEncryption logs, once, whether the link to Redis is encrypted: the
+// line operators grep for to confirm TLS is on.
+func (p *Pool) announceEncryption() {
+	if p.opts.TLS != nil {
+		p.log.Info().Str("upstream", p.opts.Address).Bool("tls", true).Msg("Connected to Redis (TLS enabled)")
+		return
+	}
+	p.log.Warn().Str("upstream", p.opts.Address).Str("network", p.opts.Network).
+		Bool("loopback", isLoopback(p.opts.Network, p.opts.Address)).Bool("tls", false).
+		Msg("WARNING: Redis connection is not encrypted")
+}
+
+func isLoopback(network, addr string) bool {
+	if network == "unix" {
+		return true
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// Close closes every connection; clients waiting on a shared connection get
+// an error reply.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.closed = true
+	close(p.stop)
+	for i := range p.idle {
+		for _, c := range p.idle[i] {
+			c.Close()
+		}
+		p.idle[i] = nil
+	}
+	p.mu.Unlock()
+	for _, slots := range p.shared {
+		for _, s := range slots {
+			if m := s.m.Load(); m != nil {
+				m.fail(ErrClosed)
+			}
+		}
+	}
+}
