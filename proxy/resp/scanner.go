@@ -1,0 +1,319 @@
+// Package resp finds the boundaries of Redis replies (RESP2 and RESP3) in a
+// byte stream without decoding them, so that raw reply bytes can be forwarded
+// as they arrive.
+//
+// The Scanner keeps its position across calls, so a reply may be split at any
+// byte, including inside a header line or a bulk body. Only header lines
+// (type byte, payload, CRLF) must be presented whole; bulk bodies are consumed
+// as they arrive, so arbitrarily large replies stream through a small buffer.
+package resp
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+)
+
+// ErrProtocol is returned (wrapped with detail) when the stream is not valid RESP.
+var ErrProtocol = errors.New("resp: protocol error")
+
+// MaxLineLength is the longest header or simple line accepted, counting the type
+// byte and excluding the terminating CRLF. A longer line is a protocol error.
+const MaxLineLength = 64 * 1024
+
+// maxCount bounds lengths and the pending-element counter so that the
+// arithmetic on them can never overflow.
+const maxCount = 1 << 62
+
+// phase is where the scanner is inside the stream.
+type phase uint8
+
+const (
+	phaseHeader phase = iota // expecting a header line
+	phaseBody                // skipping bulk body bytes
+	phaseCR                  // expecting the '\r' that ends a bulk body
+	phaseLF                  // expecting the '\n' that ends a bulk body
+)
+
+// kind classifies a type byte.
+type kind uint8
+
+const (
+	kindInvalid kind = iota
+	kindSimple       // + - , free-form line (no CR inside)
+	kindInteger      // : ( signed decimal integer
+	kindNull         // _ empty line
+	kindBool         // # t or f
+	kindBulk         // $ ! = length-prefixed body
+	kindArray        // * ~ > n elements
+	kindMap          // % 2n elements
+	kindAttr         // | 2n elements, followed by the value it decorates
+)
+
+var kinds = [256]kind{
+	'+': kindSimple,
+	'-': kindSimple,
+	',': kindSimple,
+	':': kindInteger,
+	'(': kindInteger,
+	'_': kindNull,
+	'#': kindBool,
+	'$': kindBulk,
+	'!': kindBulk,
+	'=': kindBulk,
+	'*': kindArray,
+	'~': kindArray,
+	'>': kindArray,
+	'%': kindMap,
+	'|': kindAttr,
+}
+
+// Scanner finds the ends of RESP replies in a byte stream. The zero value is ready to use.
+type Scanner struct {
+	// pending is the number of elements still owed by the current reply,
+	// not counting the bulk body in progress (if any). It is zero between
+	// replies and while the last element of a reply is a bulk body.
+	pending int64
+	// bulk is the number of bulk body bytes still to skip in phaseBody.
+	bulk int64
+	// phase is the position inside the current element.
+	phase phase
+	// err is sticky: once set, every Scan returns it.
+	err error
+}
+
+// Scan consumes reply bytes from p and reports how many bytes it consumed and how many
+// top-level replies it completed, never completing more than max replies (max <= 0 means no limit).
+// It stops early (consumed < len(p)) only when the next header line is incomplete in p (the caller
+// keeps those bytes and calls again with more appended) or when max replies are complete.
+// Bytes of a bulk body are consumed as they arrive, even if the body is not complete.
+// A malformed stream returns an error (ErrProtocol wrapped with detail); the scanner is then unusable.
+func (s *Scanner) Scan(p []byte, max int) (consumed int, replies int, err error) {
+	if s.err != nil {
+		return 0, 0, s.err
+	}
+	i := 0
+	for i < len(p) {
+		switch s.phase {
+		case phaseHeader:
+			n, err := s.header(p[i:])
+			if err != nil {
+				s.err = err
+				return i, replies, err
+			}
+			if n == 0 {
+				return i, replies, nil // incomplete line: caller must supply more
+			}
+			i += n
+		case phaseBody:
+			n := len(p) - i
+			if int64(n) >= s.bulk {
+				n = int(s.bulk)
+				s.phase = phaseCR
+			}
+			s.bulk -= int64(n)
+			i += n
+			continue
+		case phaseCR:
+			if p[i] != '\r' {
+				s.err = fmt.Errorf("%w: bulk body not followed by CRLF (got %q)", ErrProtocol, p[i])
+				return i, replies, s.err
+			}
+			i++
+			s.phase = phaseLF
+			continue
+		case phaseLF:
+			if p[i] != '\n' {
+				s.err = fmt.Errorf("%w: bulk body not followed by CRLF (got \\r%q)", ErrProtocol, p[i])
+				return i, replies, s.err
+			}
+			i++
+			s.phase = phaseHeader
+		}
+		// An element just finished, or an aggregate header was read.
+		if s.phase == phaseHeader && s.pending == 0 {
+			replies++
+			if max > 0 && replies >= max {
+				return i, replies, nil
+			}
+		}
+	}
+	return i, replies, nil
+}
+
+// header parses one header line at the start of b (s.phase == phaseHeader,
+// len(b) > 0). It returns the line length including CRLF, or 0 if the line is
+// not complete in b.
+func (s *Scanner) header(b []byte) (int, error) {
+	t := b[0]
+	k := kinds[t]
+	if k == kindInvalid {
+		return 0, fmt.Errorf("%w: unknown type byte %q", ErrProtocol, t)
+	}
+	// A line is the type byte and a payload free of CR and LF, then CRLF.
+	j := lineEnd(b)
+	if j < 0 {
+		if len(b) > MaxLineLength {
+			return 0, fmt.Errorf("%w: line longer than %d bytes", ErrProtocol, MaxLineLength)
+		}
+		return 0, nil
+	}
+	if j > MaxLineLength {
+		return 0, fmt.Errorf("%w: line longer than %d bytes", ErrProtocol, MaxLineLength)
+	}
+	if b[j] != '\r' {
+		return 0, fmt.Errorf("%w: LF without CR in %q line", ErrProtocol, t)
+	}
+	if j+1 == len(b) {
+		return 0, nil // the LF has not arrived yet
+	}
+	if b[j+1] != '\n' {
+		return 0, fmt.Errorf("%w: CR without LF in %q line", ErrProtocol, t)
+	}
+	line := b[1:j]
+	n := j + 2
+
+	// Every element fills one slot of its parent (none at top level).
+	if s.pending > 0 {
+		s.pending--
+	}
+
+	switch k {
+	case kindSimple:
+		// Any payload is fine: lineEnd has excluded CR and LF.
+	case kindInteger:
+		if !validInteger(line) {
+			return 0, fmt.Errorf("%w: invalid integer in %q line", ErrProtocol, t)
+		}
+	case kindNull:
+		if len(line) != 0 {
+			return 0, fmt.Errorf("%w: non-empty null", ErrProtocol)
+		}
+	case kindBool:
+		if len(line) != 1 || (line[0] != 't' && line[0] != 'f') {
+			return 0, fmt.Errorf("%w: invalid boolean", ErrProtocol)
+		}
+	default: // length-prefixed
+		if len(line) == 1 && line[0] == '?' {
+			return 0, fmt.Errorf("%w: streamed types not supported", ErrProtocol)
+		}
+		l, ok := parseLength(line)
+		if !ok {
+			return 0, fmt.Errorf("%w: invalid length in %q header", ErrProtocol, t)
+		}
+		if l < 0 { // null
+			if k == kindAttr {
+				return 0, fmt.Errorf("%w: null attribute", ErrProtocol)
+			}
+			return n, nil
+		}
+		switch k {
+		case kindBulk:
+			// Fast path: the whole body and its CRLF are already here.
+			if end := int64(n) + l; end+2 <= int64(len(b)) && b[end] == '\r' && b[end+1] == '\n' {
+				return int(end) + 2, nil
+			}
+			s.bulk = l
+			if l == 0 {
+				s.phase = phaseCR
+			} else {
+				s.phase = phaseBody
+			}
+		case kindArray:
+			if l > maxCount-s.pending {
+				return 0, fmt.Errorf("%w: aggregate too large", ErrProtocol)
+			}
+			s.pending += l
+		case kindMap, kindAttr:
+			if l > (maxCount-s.pending-1)/2 {
+				return 0, fmt.Errorf("%w: aggregate too large", ErrProtocol)
+			}
+			s.pending += 2 * l
+			if k == kindAttr {
+				// The attribute does not count as the element: the value
+				// it decorates still fills the slot.
+				s.pending++
+			}
+		}
+	}
+	return n, nil
+}
+
+// lineEnd returns the index of the first CR or LF in b[1:], looking no further
+// than index MaxLineLength+1, or -1 if there is none.
+func lineEnd(b []byte) int {
+	b = b[:min(len(b), MaxLineLength+2)]
+	// Most lines are short: look at the first bytes directly, and leave
+	// long lines to the vectorised bytes.IndexByte.
+	const short = 32
+	i := 1
+	for ; i < len(b) && i < short; i++ {
+		if c := b[i]; c == '\r' || c == '\n' {
+			return i
+		}
+	}
+	if i == len(b) {
+		return -1
+	}
+	rest := b[i:]
+	cr := bytes.IndexByte(rest, '\r')
+	if cr >= 0 {
+		rest = rest[:cr]
+	}
+	if lf := bytes.IndexByte(rest, '\n'); lf >= 0 {
+		return i + lf
+	}
+	if cr >= 0 {
+		return i + cr
+	}
+	return -1
+}
+
+// InReply reports whether the scanner is in the middle of a reply (some of it consumed).
+func (s *Scanner) InReply() bool {
+	return s.phase != phaseHeader || s.pending > 0
+}
+
+// Reset returns the scanner to the start-of-reply state.
+func (s *Scanner) Reset() {
+	*s = Scanner{}
+}
+
+// parseLength parses a RESP length: "-1" or a non-empty run of decimal
+// digits whose value does not exceed maxCount.
+func parseLength(b []byte) (int64, bool) {
+	if len(b) == 0 {
+		return 0, false
+	}
+	if b[0] == '-' {
+		return -1, len(b) == 2 && b[1] == '1'
+	}
+	var n int64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+		if n > maxCount {
+			return 0, false
+		}
+	}
+	return n, true
+}
+
+// validInteger reports whether b is an optionally signed, non-empty run of
+// decimal digits (of any magnitude, since big numbers share the syntax).
+func validInteger(b []byte) bool {
+	if len(b) > 0 && (b[0] == '-' || b[0] == '+') {
+		b = b[1:]
+	}
+	if len(b) == 0 {
+		return false
+	}
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
