@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,8 +33,6 @@ type Pinned struct {
 
 	mu       sync.Mutex
 	quiet    *sync.Cond // signalled when owed drops to 0 or the reader exits
-	kick     chan struct{}
-	stop     chan struct{}
 	exited   chan struct{}
 	err      error // why the reader stopped; nil when asked to stop
 	stopping bool
@@ -50,8 +49,6 @@ func (p *Pool) Pin(ctx context.Context, proto int, toClient func([]byte) error, 
 		c:        c,
 		toClient: toClient,
 		onFail:   onFail,
-		kick:     make(chan struct{}, 1),
-		stop:     make(chan struct{}),
 		exited:   make(chan struct{}),
 	}
 	pc.quiet = sync.NewCond(&pc.mu)
@@ -76,10 +73,6 @@ func (pc *Pinned) Flush(n int) error {
 		return err
 	}
 	pc.owed.Add(int64(n))
-	select {
-	case pc.kick <- struct{}{}:
-	default:
-	}
 	pc.c.nc.SetWriteDeadline(time.Now().Add(pc.c.opts.WriteTimeout))
 	_, err := pc.c.nc.Write(pc.wbuf)
 	pc.wbuf = pc.wbuf[:0]
@@ -142,7 +135,7 @@ func (pc *Pinned) Unpin(mode ReleaseMode) {
 	pc.mu.Lock()
 	pc.stopping = true
 	pc.mu.Unlock()
-	close(pc.stop)
+	pc.c.nc.SetReadDeadline(time.Now()) // wake the reader
 	if pc.reset.Load() && mode == Clean {
 		mode = Dirty // RESET left it as the default user
 	}
@@ -151,6 +144,7 @@ func (pc *Pinned) Unpin(mode ReleaseMode) {
 		pc.c.Close() // wakes a reader blocked on the connection
 	}
 	<-pc.exited
+	pc.c.nc.SetReadDeadline(time.Time{})
 	if pc.err != nil {
 		mode = Broken
 	}
@@ -187,20 +181,19 @@ func (pc *Pinned) readLoop() {
 
 var errStopped = errors.New("stopped")
 
+// forward reads the connection for as long as the session is pinned, even
+// when no reply is owed: Redis sends nothing unasked outside push mode, so
+// anything read then (an EOF when Redis goes away) is noticed at once.
 func (pc *Pinned) forward() error {
 	c := pc.c
 	for {
-		if !pc.push.Load() && pc.owed.Load() == 0 && c.r == c.w {
-			select {
-			case <-pc.kick:
-				continue
-			case <-pc.stop:
-				return errStopped
-			}
-		}
 		if c.r == c.w {
 			if err := c.fill(); err != nil {
-				if err == io.EOF && pc.owed.Load() == 0 {
+				var ne net.Error
+				if errors.As(err, &ne) && ne.Timeout() && pc.isStopping() {
+					return errStopped // Unpin interrupted the read
+				}
+				if err == io.EOF {
 					return errors.New("Redis closed the connection")
 				}
 				return err
@@ -244,6 +237,12 @@ func (pc *Pinned) forward() error {
 			return err
 		}
 	}
+}
+
+func (pc *Pinned) isStopping() bool {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	return pc.stopping
 }
 
 func (pc *Pinned) replied() {

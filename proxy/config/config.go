@@ -1,0 +1,358 @@
+// Package config builds tlsproxy's typed configuration from a YAML file, defaults and
+// TLSPROXY_* environment variables, and validates it before anything starts.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"reflect"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/spf13/viper"
+)
+
+// EnvPrefix is the prefix of the environment variables that override config keys:
+// upstream.pool.max_size is set by TLSPROXY_UPSTREAM_POOL_MAX_SIZE.
+const EnvPrefix = "TLSPROXY"
+
+// Config is the whole proxy configuration. Build it with Load (or Default for tests)
+// and treat it as read-only afterwards.
+type Config struct {
+	Listen   Listen   `mapstructure:"listen"`
+	Upstream Upstream `mapstructure:"upstream"`
+	Log      Log      `mapstructure:"log"`
+}
+
+// Listen is the client-facing side: where the proxy accepts mutual-TLS connections.
+type Listen struct {
+	// Address is the host:port the proxy listens on.
+	Address string `mapstructure:"address"`
+	// HandshakeTimeout bounds a client's TLS handshake, so idle or slow peers cannot hold sockets.
+	HandshakeTimeout time.Duration `mapstructure:"handshake_timeout"`
+	// MaxRequestBytes is the largest incomplete request buffered per client; more is a protocol error.
+	MaxRequestBytes int       `mapstructure:"max_request_bytes"`
+	TLS             ListenTLS `mapstructure:"tls"`
+}
+
+// ListenTLS is the server certificate and the client-certificate policy.
+type ListenTLS struct {
+	CertFile     string `mapstructure:"cert_file"`
+	KeyFile      string `mapstructure:"key_file"`
+	ClientCAFile string `mapstructure:"client_ca_file"`
+	// ClientAuth is "require" (mutual TLS), "verify-if-given" or "none".
+	ClientAuth string `mapstructure:"client_auth"`
+	// MinVersion is the lowest TLS version accepted: "1.2" or "1.3".
+	MinVersion string `mapstructure:"min_version"`
+}
+
+// Upstream is the Redis the proxy forwards to.
+type Upstream struct {
+	// URL is redis://[user:pass@]host:port[/db], rediss://... (TLS) or unix:///path.sock[?db=N].
+	URL string `mapstructure:"url"`
+	// PasswordFile holds the Redis password (trailing newline trimmed), instead of the URL.
+	PasswordFile string        `mapstructure:"password_file"`
+	TLS          UpstreamTLS   `mapstructure:"tls"`
+	DialTimeout  time.Duration `mapstructure:"dial_timeout"`
+	ReadTimeout  time.Duration `mapstructure:"read_timeout"`
+	WriteTimeout time.Duration `mapstructure:"write_timeout"`
+	Pool         Pool          `mapstructure:"pool"`
+}
+
+// UpstreamTLS configures TLS to Redis; it is used only with a rediss:// URL.
+type UpstreamTLS struct {
+	// CAFile verifies Redis's certificate; empty means the system roots.
+	CAFile string `mapstructure:"ca_file"`
+	// ServerName is the name checked in Redis's certificate; empty means the URL's host.
+	ServerName string `mapstructure:"server_name"`
+	// CertFile and KeyFile are an optional client certificate presented to Redis.
+	CertFile string `mapstructure:"cert_file"`
+	KeyFile  string `mapstructure:"key_file"`
+}
+
+// Pool sizes the upstream connections.
+type Pool struct {
+	// MaxSize is the number of shared, multiplexed connections per upstream pool.
+	MaxSize int `mapstructure:"max_size"`
+	// MinIdle is the number of idle connections kept ready for pinned sessions.
+	MinIdle int `mapstructure:"min_idle"`
+	// MaxIdle is the number of idle connections kept after pinned sessions end.
+	MaxIdle int `mapstructure:"max_idle"`
+	// MaxPinned bounds the dedicated (pinned) upstream connections open at once.
+	MaxPinned int `mapstructure:"max_pinned"`
+}
+
+// Log configures the proxy's own log output.
+type Log struct {
+	// Level is one of trace, debug, info, warn, error.
+	Level string `mapstructure:"level"`
+	// Format is "json" (one object per line) or "console" (human-readable).
+	Format string `mapstructure:"format"`
+}
+
+// Enumerated values accepted by Validate, in the order error messages list them.
+var (
+	ClientAuthModes = []string{"require", "verify-if-given", "none"}
+	TLSVersions     = []string{"1.2", "1.3"}
+	LogLevels       = []string{"trace", "debug", "info", "warn", "error"}
+	LogFormats      = []string{"json", "console"}
+)
+
+// Default returns the configuration used for every key that the file and the
+// environment leave unset. File paths are empty: they have no sensible default.
+func Default() Config {
+	return Config{
+		Listen: Listen{
+			Address:          "127.0.0.1:6380",
+			HandshakeTimeout: 5 * time.Second,
+			MaxRequestBytes:  512 << 20,
+			TLS:              ListenTLS{ClientAuth: "require", MinVersion: "1.2"},
+		},
+		Upstream: Upstream{
+			URL:          "redis://127.0.0.1:6379",
+			DialTimeout:  5 * time.Second,
+			ReadTimeout:  10 * time.Second,
+			WriteTimeout: 10 * time.Second,
+			Pool:         Pool{MaxSize: 2, MinIdle: 1, MaxIdle: 16, MaxPinned: 256},
+		},
+		Log: Log{Level: "info", Format: "json"},
+	}
+}
+
+// Load reads the YAML file at path (or nothing when path is ""), applies defaults and
+// TLSPROXY_* environment overrides, and validates the result. Unknown keys in the
+// file are an error, so a typo never silently falls back to a default.
+func Load(path string) (Config, error) {
+	v := viper.New()
+	v.SetConfigType("yaml")
+	for _, s := range settings(Default()) {
+		// A default for every key is what lets AutomaticEnv override every key.
+		v.SetDefault(s.key, s.value)
+	}
+	v.SetEnvPrefix(EnvPrefix)
+	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
+	v.AutomaticEnv()
+
+	if path != "" {
+		v.SetConfigFile(path)
+		if err := v.ReadInConfig(); err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return Config{}, fmt.Errorf("config file %q does not exist: check --config, or omit it to use defaults and %s_* environment variables", path, EnvPrefix)
+			}
+			return Config{}, fmt.Errorf("read config file %q: %w", path, err)
+		}
+		if err := checkKeys(v.AllKeys()); err != nil {
+			return Config{}, fmt.Errorf("config file %q: %w", path, err)
+		}
+	}
+
+	var c Config
+	if err := v.Unmarshal(&c); err != nil {
+		return Config{}, fmt.Errorf("decode config (file %q and %s_* environment variables): %w", path, EnvPrefix, err)
+	}
+	if err := c.Validate(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// checkKeys reports every key that is not a known setting. Defaults cover all known
+// keys, so anything else in keys came from the file.
+func checkKeys(keys []string) error {
+	known := map[string]bool{}
+	sections := map[string]bool{}
+	for _, s := range settings(Default()) {
+		known[s.key] = true
+		for i, r := range s.key {
+			if r == '.' {
+				sections[s.key[:i]] = true
+			}
+		}
+	}
+	sort.Strings(keys)
+	var errs []error
+	for _, k := range keys {
+		switch {
+		case known[k]:
+		case sections[k]:
+			errs = append(errs, fmt.Errorf("%s: is a section: give it keys (e.g. %s) or remove it", k, firstKeyUnder(k)))
+		default:
+			msg := fmt.Sprintf("%s: unknown key", k)
+			if s := closestKey(k); s != "" {
+				msg += fmt.Sprintf(" (did you mean %s?)", s)
+			}
+			errs = append(errs, errors.New(msg))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func firstKeyUnder(section string) string {
+	for _, s := range settings(Default()) {
+		if strings.HasPrefix(s.key, section+".") {
+			return s.key
+		}
+	}
+	return section
+}
+
+// closestKey suggests the known key nearest to a misspelt one (at most 2 edits away).
+func closestKey(key string) string {
+	best, bestDist := "", 3
+	for _, s := range settings(Default()) {
+		if d := editDistance(key, s.key); d < bestDist {
+			best, bestDist = s.key, d
+		}
+	}
+	return best
+}
+
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+// setting is one leaf key of Config, e.g. "upstream.pool.max_size", with its value.
+type setting struct {
+	key   string
+	value any
+}
+
+// settings flattens c into its leaf keys, following the mapstructure tags, so the
+// list of known keys (and their env variables) is derived from the struct itself.
+func settings(c Config) []setting {
+	var out []setting
+	var walk func(prefix string, v reflect.Value)
+	walk = func(prefix string, v reflect.Value) {
+		t := v.Type()
+		for i := range t.NumField() {
+			key := t.Field(i).Tag.Get("mapstructure")
+			if prefix != "" {
+				key = prefix + "." + key
+			}
+			if f := v.Field(i); f.Kind() == reflect.Struct {
+				walk(key, f)
+			} else {
+				out = append(out, setting{key, f.Interface()})
+			}
+		}
+	}
+	walk("", reflect.ValueOf(c))
+	return out
+}
+
+// Keys returns every config key in declaration order, e.g. "listen.tls.cert_file".
+func Keys() []string {
+	var keys []string
+	for _, s := range settings(Default()) {
+		keys = append(keys, s.key)
+	}
+	return keys
+}
+
+// EnvVar returns the environment variable that overrides key,
+// e.g. TLSPROXY_LISTEN_TLS_CERT_FILE for listen.tls.cert_file.
+func EnvVar(key string) string {
+	return EnvPrefix + "_" + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
+}
+
+// Validate checks every setting and returns all problems at once, each naming its key.
+func (c Config) Validate() error {
+	var errs []error
+	add := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: "+format, append([]any{key}, args...)...))
+	}
+	oneOf := func(key, value string, allowed []string) {
+		if !slices.Contains(allowed, value) {
+			add(key, "%q is not one of %s", value, strings.Join(allowed, ", "))
+		}
+	}
+	positive := func(key string, d time.Duration) {
+		if d <= 0 {
+			add(key, "must be a positive duration such as 5s, got %s", d)
+		}
+	}
+
+	l := c.Listen
+	if l.Address == "" {
+		add("listen.address", "must not be empty; use host:port such as 127.0.0.1:6380")
+	} else if _, _, err := net.SplitHostPort(l.Address); err != nil {
+		add("listen.address", "%q is not host:port: %v", l.Address, err)
+	}
+	positive("listen.handshake_timeout", l.HandshakeTimeout)
+	if l.MaxRequestBytes <= 0 {
+		add("listen.max_request_bytes", "must be at least 1, got %d", l.MaxRequestBytes)
+	}
+	oneOf("listen.tls.client_auth", l.TLS.ClientAuth, ClientAuthModes)
+	oneOf("listen.tls.min_version", l.TLS.MinVersion, TLSVersions)
+	required := func(key, value, what string) {
+		if value == "" {
+			add(key, "is required (in the config file or %s): %s", EnvVar(key), what)
+		}
+	}
+	required("listen.tls.cert_file", l.TLS.CertFile, "the proxy's server certificate (PEM); `tlsproxy certs dev` writes one for development")
+	required("listen.tls.key_file", l.TLS.KeyFile, "the private key (PEM) of listen.tls.cert_file")
+	if l.TLS.ClientAuth == "require" || l.TLS.ClientAuth == "verify-if-given" {
+		required("listen.tls.client_ca_file", l.TLS.ClientCAFile,
+			fmt.Sprintf("the CA (PEM) that signs client certificates, needed when listen.tls.client_auth is %q", l.TLS.ClientAuth))
+	}
+
+	u := c.Upstream
+	positive("upstream.dial_timeout", u.DialTimeout)
+	positive("upstream.read_timeout", u.ReadTimeout)
+	positive("upstream.write_timeout", u.WriteTimeout)
+	if u.Pool.MaxSize < 1 {
+		add("upstream.pool.max_size", "must be at least 1, got %d", u.Pool.MaxSize)
+	}
+	if u.Pool.MaxPinned < 1 {
+		add("upstream.pool.max_pinned", "must be at least 1, got %d", u.Pool.MaxPinned)
+	}
+	if u.Pool.MinIdle < 0 {
+		add("upstream.pool.min_idle", "must not be negative, got %d", u.Pool.MinIdle)
+	}
+	if u.Pool.MaxIdle < u.Pool.MinIdle {
+		add("upstream.pool.max_idle", "%d is less than upstream.pool.min_idle (%d)", u.Pool.MaxIdle, u.Pool.MinIdle)
+	}
+	if (u.TLS.CertFile == "") != (u.TLS.KeyFile == "") {
+		add("upstream.tls.cert_file", "and upstream.tls.key_file must be set together (client certificate for Redis)")
+	}
+	target, err := u.Target()
+	if err != nil {
+		errs = append(errs, err)
+	} else if !target.TLS {
+		for key, value := range map[string]string{
+			"upstream.tls.ca_file": u.TLS.CAFile, "upstream.tls.server_name": u.TLS.ServerName,
+			"upstream.tls.cert_file": u.TLS.CertFile, "upstream.tls.key_file": u.TLS.KeyFile,
+		} {
+			if value != "" {
+				// Refuse rather than ignore: the operator clearly expects TLS to Redis.
+				add(key, "is set but upstream.url is not rediss://, so the connection to Redis would not be encrypted; use a rediss:// URL or remove upstream.tls")
+			}
+		}
+	}
+
+	oneOf("log.level", c.Log.Level, LogLevels)
+	oneOf("log.format", c.Log.Format, LogFormats)
+
+	sort.SliceStable(errs, func(i, j int) bool { return errs[i].Error() < errs[j].Error() })
+	return errors.Join(errs...)
+}
