@@ -10,6 +10,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/tidwall/redcon"
+	"github.com/tlsproxy/tlsproxy/proxy/config"
 	"github.com/tlsproxy/tlsproxy/proxy/internal/testredis"
 )
 
@@ -331,5 +332,26 @@ func TestStateIsolation(t *testing.T) {
 	defer db3.Close()
 	if v := db3.Get(ctx, "iso").Val(); v != "a" {
 		t.Fatalf("iso in db 3 = %q, want the transaction's write", v)
+	}
+}
+
+// TestPinnedLimit fills upstream.pool.max_pinned: a client that needs one
+// more dedicated connection gets an error for the rest of its pipeline, so
+// nothing meant for its transaction runs outside it.
+func TestPinnedLimit(t *testing.T) {
+	e := startPlain(t, func(c *config.Config) {
+		c.Upstream.Pool.MaxPinned = 1
+		c.Upstream.DialTimeout = 300 * time.Millisecond
+	})
+	a, b := e.rawConn(t), e.rawConn(t)
+	roundTrip(t, a, cmd("MULTI"), "+OK\r\n")
+	const full = "-ERR upstream unavailable: all dedicated connections (upstream.pool.max_pinned) are in use\r\n"
+	roundTrip(t, b, cmd("MULTI")+cmd("SET", "x", "1")+cmd("EXEC"), full+full+full)
+	roundTrip(t, b, cmd("GET", "x"), "$-1\r\n") // stateless commands still work
+	roundTrip(t, a, cmd("SET", "y", "1")+cmd("EXEC"), "+QUEUED\r\n*1\r\n+OK\r\n")
+	roundTrip(t, a, cmd("GET", "y"), "$1\r\n1\r\n") // unpins a
+	roundTrip(t, b, cmd("MULTI")+cmd("SET", "x", "1")+cmd("EXEC"), "+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n")
+	if !contains(e.logs.String(), "cannot pin an upstream connection") {
+		t.Fatal("no log line for the refused pin")
 	}
 }
