@@ -50,6 +50,8 @@ build:
 test: deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m ./...
+	# A seconds-long run of the benchmark harness, so it cannot rot (no speed is asserted).
+	bash bench/run.sh --smoke --require redis-tls,tlsproxy
 
 # Dev-only CA, server and client certificates (never for production).
 certs: build
