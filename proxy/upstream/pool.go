@@ -3,7 +3,6 @@ package upstream
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -259,9 +258,8 @@ func (p *Pool) dial(proto int) (*Conn, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err != nil {
-		err = fmt.Errorf("%s %s: %w", p.opts.Network, p.opts.Address, err)
 		if p.dialErr == nil {
-			p.log.Warn().Err(err).Msg("cannot connect to Redis")
+			p.log.Warn().Err(err).Str("upstream", p.opts.Address).Msg("cannot connect to Redis")
 		}
 		p.backoff = min(max(2*p.backoff, minBackoff), maxBackoff)
 		p.retryAt = time.Now().Add(p.backoff)
