@@ -150,3 +150,25 @@ func TestLargeValue(t *testing.T) {
 		t.Fatalf("STRLEN in Redis = %d, %v", n, err)
 	}
 }
+
+// TestSplitCommands sends commands cut at awkward places, with pauses, so
+// that bursts end in the middle of a command: nothing may be lost when the
+// session lets go of its parser between bursts.
+func TestSplitCommands(t *testing.T) {
+	e := startPlain(t, nil)
+	c := e.rawConn(t)
+	parts := []string{"*3\r\n$3\r\nSET\r\n$1\r\nk", "\r\n$5\r\nhel", "lo\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*1\r\n$4\r\nPI", "NG\r\n"}
+	for _, p := range parts {
+		if _, err := c.Write([]byte(p)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	expectBytes(t, c, "+OK\r\n$5\r\nhello\r\n+PONG\r\n")
+	// Inline and RESP on one connection, each cut in two.
+	for _, p := range []string{"GET ", "k\r\n*1\r\n$4\r\nPI", "NG\r\n"} {
+		c.Write([]byte(p))
+		time.Sleep(20 * time.Millisecond)
+	}
+	expectBytes(t, c, "$5\r\nhello\r\n+PONG\r\n")
+}

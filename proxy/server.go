@@ -117,26 +117,35 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			continue
 		}
 		s.sessions.Add(1)
-		go s.serveConn(ctx, nc)
+		go s.handshake(ctx, nc)
 	}
 }
 
-// serveConn runs the TLS handshake in the connection's own goroutine, under
+// handshake runs the TLS handshake in the connection's own goroutine, under
 // listen.handshake_timeout, so a slow or silent client delays nobody else.
-func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
-	defer s.sessions.Done()
-	defer s.untrack(nc)
-	defer nc.Close()
+func (s *Server) handshake(ctx context.Context, nc net.Conn) {
 	tc := tls.Server(nc, s.tlsConfig)
 	hctx, cancel := context.WithTimeout(ctx, s.cfg.Listen.HandshakeTimeout)
 	err := tc.HandshakeContext(hctx)
 	cancel()
 	if err != nil {
 		s.rejects.reject(nc.RemoteAddr().String(), err)
+		s.closeConn(nc)
 		return
 	}
 	id := tlsconf.IdentityFromState(tc.ConnectionState())
-	newSession(s, tc, id).serve()
+	// The handshake grew this goroutine's stack; the session, idle for most
+	// of its life, starts on a new, small one.
+	go func() {
+		defer s.closeConn(nc)
+		newSession(s, tc, id).serve()
+	}()
+}
+
+func (s *Server) closeConn(nc net.Conn) {
+	nc.Close()
+	s.untrack(nc)
+	s.sessions.Done()
 }
 
 func (s *Server) track(nc net.Conn) bool {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"io"
 	"strconv"
 	"sync"
 
@@ -28,8 +27,7 @@ type session struct {
 	conn *tls.Conn
 	id   tlsconf.Identity
 	log  zerolog.Logger
-	in   limitReader
-	rd   *redcon.Reader
+	cmds *commandReader
 
 	wmu   sync.Mutex // serialises writes to conn: the pinned reader writes too
 	out   []byte     // replies not yet written to the client
@@ -52,8 +50,7 @@ func newSession(srv *Server, conn *tls.Conn, id tlsconf.Identity) *session {
 		proto: 2,
 		log:   srv.log.With().Str("remote", conn.RemoteAddr().String()).Object("identity", id).Logger(),
 	}
-	s.in = limitReader{r: conn, max: srv.cfg.Listen.MaxRequestBytes}
-	s.rd = redcon.NewReader(&s.in)
+	s.cmds = newCommandReader(conn, srv.cfg.Listen.MaxRequestBytes)
 	return s
 }
 
@@ -61,8 +58,7 @@ func (s *session) serve() {
 	s.log.Debug().Msg("session started")
 	defer s.end()
 	for {
-		s.in.n = 0
-		cmds, err := s.rd.ReadCommands()
+		cmds, err := s.cmds.read()
 		if err != nil {
 			s.readFailed(err)
 			return
@@ -76,6 +72,7 @@ func (s *session) serve() {
 		if !s.finishBurst() {
 			return
 		}
+		s.cmds.release()
 	}
 }
 
@@ -325,9 +322,9 @@ func (s *session) writeClient(b []byte) error {
 func (s *session) readFailed(err error) {
 	switch {
 	case errors.Is(err, errRequestTooLarge):
-		s.log.Warn().Int("max_request_bytes", s.in.max).Msg("request too large; closing client")
+		s.log.Warn().Int("max_request_bytes", s.cmds.limit.max).Msg("request too large; closing client")
 		s.writeClient(redcon.AppendError(nil, "ERR Protocol error: request larger than listen.max_request_bytes"))
-	case s.in.err != nil:
+	case s.cmds.limit.err != nil:
 		// The connection closed or failed: nothing to answer.
 	default:
 		// redcon found malformed RESP; its message starts "Protocol error".
@@ -346,31 +343,4 @@ func (s *session) end() {
 		s.pin = nil
 	}
 	s.log.Debug().Msg("session ended")
-}
-
-var errRequestTooLarge = errors.New("request larger than listen.max_request_bytes")
-
-// limitReader bounds the bytes read for one burst of commands, so a client
-// cannot make the proxy buffer an endless request.
-type limitReader struct {
-	r   io.Reader
-	n   int
-	max int
-	err error // the first error the connection returned
-}
-
-func (l *limitReader) Read(p []byte) (int, error) {
-	if l.n >= l.max {
-		l.err = errRequestTooLarge
-		return 0, l.err
-	}
-	if len(p) > l.max-l.n {
-		p = p[:l.max-l.n]
-	}
-	n, err := l.r.Read(p)
-	l.n += n
-	if err != nil && l.err == nil {
-		l.err = err
-	}
-	return n, err
 }
