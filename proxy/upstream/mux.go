@@ -80,7 +80,8 @@ type mux struct {
 	queue    chan *Batch // submitted, not yet written
 	inflight chan *Batch // written, replies not yet read
 
-	pending      atomic.Int64 // batches written whose replies are not all read
+	pending      atomic.Int64  // batches written whose replies are not all read
+	drained      chan struct{} // signalled when pending drops to 0
 	lastActivity atomic.Int64 // unix nanos of the last write or read progress
 
 	failOnce sync.Once
@@ -99,6 +100,7 @@ func newMux(c *Conn) *mux {
 		c:        c,
 		queue:    make(chan *Batch, queueLen),
 		inflight: make(chan *Batch, queueLen),
+		drained:  make(chan struct{}, 1),
 		dead:     make(chan struct{}),
 		exited:   make(chan struct{}),
 	}
@@ -154,6 +156,17 @@ func (m *mux) writeLoop() {
 			batches = append(batches, b)
 		case <-m.dead:
 			return
+		}
+		// One write in flight at a time: the batches that arrive while Redis
+		// answers the previous one join the next write, so its size follows
+		// the load. Redis runs commands one at a time anyway, so they wait
+		// no longer; the proxy and Redis make fewer, larger reads and writes.
+		for m.pending.Load() > 0 {
+			select {
+			case <-m.drained:
+			case <-m.dead:
+				return
+			}
 		}
 		// Let other clients' batches join this write.
 		runtime.Gosched()
@@ -228,7 +241,12 @@ func (m *mux) readLoop() {
 		c.r += n
 		cur.owed -= done
 		if cur.owed == 0 {
-			m.pending.Add(-1)
+			if m.pending.Add(-1) == 0 {
+				select {
+				case m.drained <- struct{}{}:
+				default:
+				}
+			}
 			cur.done <- struct{}{}
 			cur = nil
 			continue

@@ -120,7 +120,15 @@ func (p *Pool) Do(proto int, b *Batch) {
 
 func (p *Pool) sharedConn(proto int) (*mux, error) {
 	slots := p.shared[proto-2]
-	s := slots[int(p.next.Add(1))%len(slots)]
+	start := int(p.next.Add(1))
+	// Prefer a connection with nothing in flight: the batch goes out at once.
+	for i := range slots {
+		m := slots[(start+i)%len(slots)].m.Load()
+		if m != nil && m.pending.Load() == 0 && len(m.queue) == 0 && m.alive() {
+			return m, nil
+		}
+	}
+	s := slots[start%len(slots)]
 	if m := s.m.Load(); m != nil && m.alive() {
 		return m, nil
 	}
