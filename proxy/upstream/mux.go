@@ -82,7 +82,7 @@ type mux struct {
 
 	pending      atomic.Int64  // batches written whose replies are not all read
 	drained      chan struct{} // signalled when pending drops to 0
-	lastActivity atomic.Int64 // unix nanos of the last write or read progress
+	lastActivity atomic.Int64  // unix nanos of the last write or read progress
 
 	failOnce sync.Once
 	err      error         // why the connection died; set before dead closes
