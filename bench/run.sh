@@ -559,6 +559,11 @@ rc=0
 "$TMP/report" -in "$OUT" -strict || rc=$?
 ((rc == 0 || rc == 2)) || die "report failed"
 ((rc == 0)) || FAILURES=$((FAILURES + 1))
+# The written analysis (what limits tlsproxy, what was tried) travels with
+# every full report; it is prose kept by hand in bench/ANALYSIS.md.
+if ((!SMOKE)) && [[ -f "$BENCH_DIR/ANALYSIS.md" ]]; then
+	{ echo; cat "$BENCH_DIR/ANALYSIS.md"; } >>"$OUT/RESULTS.md"
+fi
 if ((PUBLISH)); then
 	cp "$OUT/RESULTS.md" "$OUT/results.json" "$OUT/ratios.svg" "$BENCH_DIR/"
 	log "published bench/RESULTS.md, bench/results.json, bench/ratios.svg"
