@@ -27,11 +27,12 @@ all: build
 # Install what is missing (only when a binary is missing), then check Go.
 deps:
 	@missing=""; \
-	for b in redis-server redis-cli redis-benchmark; do \
-	  command -v "$$b" >/dev/null 2>&1 || missing="$$missing $$b"; \
+	pkgs=""; \
+	for b in redis-server:redis-server redis-cli:redis-tools redis-benchmark:redis-tools ss:iproute2 openssl:openssl; do \
+	  command -v "$${b%%:*}" >/dev/null 2>&1 || { missing="$$missing $${b%%:*}"; pkgs="$$pkgs $${b##*:}"; }; \
 	done; \
 	if [ -n "$$missing" ]; then \
-	  echo "deps: missing:$$missing; installing redis-server redis-tools with apt-get"; \
+	  echo "deps: missing:$$missing; installing$$pkgs with apt-get"; \
 	  command -v apt-get >/dev/null 2>&1 || { echo "deps: apt-get not found; install redis-server and redis-tools by hand" >&2; exit 1; }; \
 	  sudo=""; \
 	  if [ "$$(id -u)" != 0 ]; then \
@@ -39,7 +40,7 @@ deps:
 	    else echo "deps: not root and no sudo; install redis-server and redis-tools by hand" >&2; exit 1; fi; \
 	  fi; \
 	  $$sudo apt-get update; \
-	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server redis-tools; \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$pkgs; \
 	fi
 	@command -v $(GO) >/dev/null 2>&1 || { echo "deps: '$(GO)' not found on PATH (Go 1.26 is needed; try PATH=/usr/local/go/bin:\$$PATH)" >&2; exit 1; }
 	@$(GO) version

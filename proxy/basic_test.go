@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/tlsproxy/tlsproxy/internal/testredis"
 	"github.com/tlsproxy/tlsproxy/proxy/config"
-	"github.com/tlsproxy/tlsproxy/proxy/internal/testredis"
 )
 
 // TestUpstreams runs the same commands through the proxy to each kind of

@@ -14,8 +14,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
+	"github.com/tlsproxy/tlsproxy/internal/testredis"
 	"github.com/tlsproxy/tlsproxy/proxy/config"
-	"github.com/tlsproxy/tlsproxy/proxy/internal/testredis"
 	"github.com/tlsproxy/tlsproxy/proxy/tlsconf"
 )
 

@@ -10,8 +10,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/tidwall/redcon"
+	"github.com/tlsproxy/tlsproxy/internal/testredis"
 	"github.com/tlsproxy/tlsproxy/proxy/config"
-	"github.com/tlsproxy/tlsproxy/proxy/internal/testredis"
 )
 
 // cmd encodes one command as RESP.

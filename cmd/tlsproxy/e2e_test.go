@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/tlsproxy/tlsproxy/internal/testredis"
 	"github.com/tlsproxy/tlsproxy/proxy/tlsconf"
 )
 
@@ -877,7 +878,6 @@ func (p *e2eProc) checkJSONLog(t *testing.T) {
 // Redis
 
 // e2eRedis is a password-protected redis-server on a loopback port.
-// (proxy/internal/testredis is internal to proxy/ and cannot be imported here.)
 type e2eRedis struct {
 	addr   string
 	client *redis.Client
@@ -885,59 +885,10 @@ type e2eRedis struct {
 
 func e2eStartRedis(t *testing.T, password string) *e2eRedis {
 	t.Helper()
-	dir := t.TempDir()
-	var lastErr error
-	for attempt := 0; attempt < 5; attempt++ {
-		addr := e2eFreeAddr(t)
-		_, port, _ := net.SplitHostPort(addr)
-		cmd := exec.Command("redis-server",
-			"--bind", "127.0.0.1", "--port", port, "--protected-mode", "yes",
-			"--save", "", "--appendonly", "no", "--dir", dir, "--daemonize", "no",
-			"--requirepass", password)
-		var log e2eBuffer
-		cmd.Stdout, cmd.Stderr = &log, &log
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		if err := cmd.Start(); err != nil {
-			t.Fatalf("start redis-server: %v", err)
-		}
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		stop := func() {
-			_ = cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-done:
-			case <-time.After(5 * time.Second):
-				_ = cmd.Process.Kill()
-				<-done
-			}
-		}
-		client := redis.NewClient(&redis.Options{Addr: addr, Password: password, MaxRetries: -1, DialTimeout: time.Second})
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			lastErr = client.Ping(ctx).Err()
-			cancel()
-			if lastErr == nil {
-				t.Cleanup(func() { client.Close(); stop() })
-				return &e2eRedis{addr: addr, client: client}
-			}
-			exited := false
-			select {
-			case <-done:
-				exited = true
-			default:
-			}
-			if exited || time.Now().After(deadline) {
-				client.Close()
-				stop()
-				lastErr = fmt.Errorf("%v (exited: %v)\n%s", lastErr, exited, log.String())
-				break
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	t.Fatalf("redis-server did not start: %v", lastErr)
-	return nil
+	rs := testredis.Start(t, testredis.Options{Password: password})
+	client := redis.NewClient(&redis.Options{Addr: rs.Addr, Password: password})
+	t.Cleanup(func() { client.Close() })
+	return &e2eRedis{addr: rs.Addr, client: client}
 }
 
 // ---------------------------------------------------------------------------
