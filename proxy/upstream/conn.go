@@ -85,12 +85,6 @@ func Dial(ctx context.Context, o *Options, proto int) (*Conn, error) {
 	return c, nil
 }
 
-// Proto is the RESP version the connection speaks.
-func (c *Conn) Proto() int { return c.proto }
-
-// NetConn is the underlying connection.
-func (c *Conn) NetConn() net.Conn { return c.nc }
-
 // Close closes the connection.
 func (c *Conn) Close() error { return c.nc.Close() }
 

@@ -40,7 +40,7 @@ type Pinned struct {
 
 // Pin leases a dedicated connection for a session.
 func (p *Pool) Pin(ctx context.Context, proto int, toClient func([]byte) error, onFail func(error)) (*Pinned, error) {
-	c, err := p.Lease(ctx, proto)
+	c, err := p.lease(ctx, proto)
 	if err != nil {
 		return nil, err
 	}
@@ -55,9 +55,6 @@ func (p *Pool) Pin(ctx context.Context, proto int, toClient func([]byte) error, 
 	go pc.readLoop()
 	return pc, nil
 }
-
-// Proto is the protocol version the connection was set up with.
-func (pc *Pinned) Proto() int { return pc.c.proto }
 
 // Queue adds a raw command to the next write.
 func (pc *Pinned) Queue(cmd []byte) {
@@ -148,7 +145,7 @@ func (pc *Pinned) Unpin(mode ReleaseMode) {
 	if pc.err != nil {
 		mode = Broken
 	}
-	pc.pool.Release(pc.c, mode)
+	pc.pool.release(pc.c, mode)
 }
 
 // resetReply is what Redis answers to RESET.

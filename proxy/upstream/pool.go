@@ -150,9 +150,9 @@ func (p *Pool) sharedConn(proto int) (*mux, error) {
 // upstream.pool.max_pinned is in use.
 var ErrPinnedExhausted = errors.New("all dedicated connections (upstream.pool.max_pinned) are in use")
 
-// Lease hands out a dedicated connection speaking the given protocol. The
-// caller owns it until Release.
-func (p *Pool) Lease(ctx context.Context, proto int) (*Conn, error) {
+// lease hands out a dedicated connection speaking the given protocol. The
+// caller owns it until release.
+func (p *Pool) lease(ctx context.Context, proto int) (*Conn, error) {
 	select {
 	case p.pinned <- struct{}{}:
 	default:
@@ -196,8 +196,8 @@ const (
 	Broken
 )
 
-// Release returns a leased connection.
-func (p *Pool) Release(c *Conn, mode ReleaseMode) {
+// release returns a leased connection.
+func (p *Pool) release(c *Conn, mode ReleaseMode) {
 	defer func() { <-p.pinned }()
 	if mode == Dirty {
 		if err := c.reset(); err != nil {
