@@ -46,7 +46,8 @@ const readBufferSize = 64 << 10
 
 // Conn is one connection to Redis, set up and ready for commands.
 type Conn struct {
-	nc    net.Conn
+	nc    net.Conn // TLS on top of raw for rediss://
+	raw   net.Conn // the socket
 	opts  *Options
 	proto int // 2 or 3: the protocol the connection was set up with
 
@@ -61,10 +62,11 @@ func Dial(ctx context.Context, o *Options, proto int) (*Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, o.DialTimeout)
 	defer cancel()
 	d := net.Dialer{KeepAlive: 30 * time.Second}
-	nc, err := d.DialContext(ctx, o.Network, o.Address)
+	raw, err := d.DialContext(ctx, o.Network, o.Address)
 	if err != nil {
 		return nil, err
 	}
+	nc := raw
 	if o.TLS != nil {
 		tc := tls.Client(nc, o.TLS)
 		if err := tc.HandshakeContext(ctx); err != nil {
@@ -73,7 +75,7 @@ func Dial(ctx context.Context, o *Options, proto int) (*Conn, error) {
 		}
 		nc = tc
 	}
-	c := &Conn{nc: nc, opts: o, proto: proto, buf: make([]byte, readBufferSize)}
+	c := &Conn{nc: nc, raw: raw, opts: o, proto: proto, buf: make([]byte, readBufferSize)}
 	if deadline, ok := ctx.Deadline(); ok {
 		nc.SetDeadline(deadline)
 	}

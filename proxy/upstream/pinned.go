@@ -197,8 +197,9 @@ func (pc *Pinned) forward() error {
 			}
 		}
 		// Scan reply by reply so that owed replies are counted and a RESET
-		// reply is recognised.
-		start := c.r
+		// reply is recognised. Replies count as answered only once their
+		// bytes are with the client: Quiesce promises that.
+		start, answered := c.r, int64(0)
 		for c.r < c.w {
 			atStart := !c.scan.InReply()
 			n, done, err := c.scan.Scan(c.buf[c.r:c.w], 1)
@@ -213,13 +214,15 @@ func (pc *Pinned) forward() error {
 			if done == 0 {
 				continue
 			}
-			if !pc.push.Load() {
-				pc.replied()
+			push := pc.push.Load()
+			if !push {
+				answered++
 			}
-			if isReset && pc.reset.Load() && (pc.push.Load() || pc.owed.Load() == 0) {
+			if isReset && pc.reset.Load() && (push || pc.owed.Load() == answered) {
 				if err := pc.toClient(c.buf[start:c.r]); err != nil {
 					return err
 				}
+				pc.replied(answered)
 				return errStopped
 			}
 		}
@@ -228,6 +231,7 @@ func (pc *Pinned) forward() error {
 				return err
 			}
 		}
+		pc.replied(answered)
 		if c.r == c.w {
 			c.r, c.w = 0, 0
 		} else if err := c.fill(); err != nil {
@@ -242,8 +246,8 @@ func (pc *Pinned) isStopping() bool {
 	return pc.stopping
 }
 
-func (pc *Pinned) replied() {
-	if pc.owed.Add(-1) == 0 {
+func (pc *Pinned) replied(n int64) {
+	if n != 0 && pc.owed.Add(-n) == 0 {
 		pc.mu.Lock()
 		pc.quiet.Broadcast()
 		pc.mu.Unlock()

@@ -234,17 +234,6 @@ func (p *Pool) putIdle(c *Conn) {
 	p.idle[i] = append(p.idle[i], c)
 }
 
-// healthy reports whether an idle connection is still open: Redis sends
-// nothing unasked, so anything readable (data or EOF) means it is not.
-func (c *Conn) healthy() bool {
-	c.nc.SetReadDeadline(time.Now())
-	defer c.nc.SetReadDeadline(time.Time{})
-	var one [1]byte
-	_, err := c.nc.Read(one[:])
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
-
 // dial opens a connection unless a recent failure is still backing off, in
 // which case it returns that failure at once: clients get a prompt error
 // instead of each waiting for a dial timeout.
