@@ -239,10 +239,10 @@ func newLogger(cfg config.Log, w io.Writer) zerolog.Logger {
 // setMaxProcs lets the proxy use half the CPUs Go would use (at least one),
 // unless GOMAXPROCS is set. tlsproxy runs next to Redis, and both are mostly
 // system calls: on a 2-core machine with Redis and the load generator, one P
-// instead of two raised throughput at one command per round trip from 0.7x
-// to 1.0x of Redis's own TLS and cut p99 latency by a third (bench/RESULTS.md),
-// because goroutines hand work to each other on one thread instead of waking
-// and spinning threads that take CPU from Redis.
+// instead of two raised throughput at one command per round trip from about
+// 0.65x to 0.85-1.0x of Redis's own TLS and cut p99 latency by a third
+// (bench/ANALYSIS.md): goroutines hand work to each other on one thread
+// instead of waking and spinning threads that take CPU from Redis.
 func setMaxProcs() int {
 	if os.Getenv("GOMAXPROCS") != "" {
 		return runtime.GOMAXPROCS(0)
