@@ -127,12 +127,15 @@ func (m *mux) do(b *Batch) {
 }
 
 // alive reports whether the connection can take more batches.
-func (m *mux) alive() bool {
+func (m *mux) alive() bool { return !isClosed(m.dead) }
+
+// isClosed reports whether a signal channel has been closed.
+func isClosed(ch <-chan struct{}) bool {
 	select {
-	case <-m.dead:
-		return false
-	default:
+	case <-ch:
 		return true
+	default:
+		return false
 	}
 }
 

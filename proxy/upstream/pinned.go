@@ -96,7 +96,7 @@ func (pc *Pinned) ExpectReset() { pc.reset.Store(true) }
 func (pc *Pinned) Quiesce() error {
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
-	for !pc.push.Load() && pc.owed.Load() > 0 && !pc.isExited() {
+	for !pc.push.Load() && pc.owed.Load() > 0 && !isClosed(pc.exited) {
 		pc.quiet.Wait()
 	}
 	return pc.err
@@ -115,14 +115,6 @@ func (pc *Pinned) failed() error {
 	return pc.err
 }
 
-func (pc *Pinned) isExited() bool {
-	select {
-	case <-pc.exited:
-		return true
-	default:
-		return false
-	}
-}
 
 // Unpin stops the reader and returns the connection to the pool. A
 // connection with replies still owed, in push mode, or whose reader failed is
