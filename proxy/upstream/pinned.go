@@ -115,7 +115,6 @@ func (pc *Pinned) failed() error {
 	return pc.err
 }
 
-
 // Unpin stops the reader and returns the connection to the pool. A
 // connection with replies still owed, in push mode, or whose reader failed is
 // closed whatever mode says; Dirty means the client changed connection state,
