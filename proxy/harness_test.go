@@ -1,19 +1,18 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
+	"github.com/tlsproxy/tlsproxy/internal/syncbuf"
 	"github.com/tlsproxy/tlsproxy/internal/testredis"
 	"github.com/tlsproxy/tlsproxy/proxy/config"
 	"github.com/tlsproxy/tlsproxy/proxy/tlsconf"
@@ -90,24 +89,6 @@ func writeFile(t testing.TB, path string, data []byte) {
 	}
 }
 
-// logBuffer collects the proxy's JSON log lines for assertions.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // waitFor polls cond until it holds or the deadline passes.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
@@ -124,7 +105,7 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 type proxyEnv struct {
 	pki   *pki
 	addr  string
-	logs  *logBuffer
+	logs  *syncbuf.Buffer
 	srv   *Server
 	redis *testredis.Server
 }
@@ -143,7 +124,7 @@ func startProxy(t testing.TB, p *pki, upstreamURL string, edit func(*config.Conf
 	if edit != nil {
 		edit(&cfg)
 	}
-	logs := &logBuffer{}
+	logs := &syncbuf.Buffer{}
 	log := zerolog.New(logs).Level(zerolog.DebugLevel).With().Timestamp().Logger()
 	srv, err := New(cfg, log)
 	if err != nil {

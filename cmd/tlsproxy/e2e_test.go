@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/tlsproxy/tlsproxy/internal/syncbuf"
 	"github.com/tlsproxy/tlsproxy/internal/testredis"
 	"github.com/tlsproxy/tlsproxy/proxy/tlsconf"
 )
@@ -726,28 +727,10 @@ func e2eRun(t *testing.T, name string, env []string, args ...string) e2eResult {
 	return r
 }
 
-// e2eBuffer is an io.Writer that the test can read while a process writes to it.
-type e2eBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *e2eBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *e2eBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // e2eProc is a long-running tlsproxy.
 type e2eProc struct {
 	cmd            *exec.Cmd
-	stdout, stderr *e2eBuffer
+	stdout, stderr *syncbuf.Buffer
 	done           chan struct{}
 	waitErr        error // valid once done is closed
 	stopOnce       sync.Once
@@ -755,7 +738,7 @@ type e2eProc struct {
 
 func e2eStartProxy(t *testing.T, bin string, env []string, args ...string) *e2eProc {
 	t.Helper()
-	p := &e2eProc{stdout: &e2eBuffer{}, stderr: &e2eBuffer{}, done: make(chan struct{})}
+	p := &e2eProc{stdout: &syncbuf.Buffer{}, stderr: &syncbuf.Buffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, args...)
 	p.cmd.Env = e2eEnviron(env)
 	p.cmd.Dir = t.TempDir()

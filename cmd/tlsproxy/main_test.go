@@ -5,11 +5,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/tlsproxy/tlsproxy/internal/syncbuf"
 	"github.com/tlsproxy/tlsproxy/proxy/config"
 )
 
@@ -93,30 +93,12 @@ func TestCLI(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for the logger goroutines and the test.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // TestRunStopsOnSIGTERM runs the default command and checks that SIGTERM ends it
 // cleanly with exit status 0.
 func TestRunStopsOnSIGTERM(t *testing.T) {
 	clearEnv(t)
 	cfg := devConfig(t)
-	var out, errOut syncBuffer
+	var out, errOut syncbuf.Buffer
 	done := make(chan int, 1)
 	go func() { done <- cli([]string{"--config", cfg}, &out, &errOut) }()
 

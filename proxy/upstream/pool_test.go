@@ -1,7 +1,6 @@
 package upstream
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/tidwall/redcon"
+	"github.com/tlsproxy/tlsproxy/internal/syncbuf"
 	"github.com/tlsproxy/tlsproxy/internal/testredis"
 	"github.com/tlsproxy/tlsproxy/proxy/resp"
 )
@@ -39,25 +39,15 @@ func opts(s *testredis.Server) Options {
 }
 
 // logBuf collects the pool's zerolog JSON output, written from any goroutine.
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
+type logBuf struct{ syncbuf.Buffer }
 
 // entries returns the logged events whose message is msg.
 func (l *logBuf) entries(t *testing.T, msg string) (out []map[string]any) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for d := json.NewDecoder(bytes.NewReader(l.b.Bytes())); d.More(); {
+	text := l.String()
+	for d := json.NewDecoder(strings.NewReader(text)); d.More(); {
 		var e map[string]any
 		if err := d.Decode(&e); err != nil {
-			t.Fatalf("log %q: %v", l.b.String(), err)
+			t.Fatalf("log %q: %v", text, err)
 		}
 		if e["message"] == msg {
 			out = append(out, e)
