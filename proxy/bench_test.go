@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tlsproxy/tlsproxy/proxy/commands"
+	"github.com/tlsproxy/tlsproxy/proxy/resp"
 	"github.com/tlsproxy/tlsproxy/proxy/upstream"
 )
 
@@ -26,31 +28,32 @@ func (r *burstReader) Read(p []byte) (int, error) {
 }
 
 // BenchmarkParseAndRoute is the proxy's own work per forwarded command,
-// without I/O: redcon parses a burst of 16 pipelined GETs, each is classified
-// and queued for a shared connection, and the parser is released.
+// without I/O: the request reader parses a burst of 16 pipelined GETs, each
+// is classified and queued for a shared connection, and the reader is
+// released.
 func BenchmarkParseAndRoute(b *testing.B) {
 	const perBurst = 16
 	burst := []byte(strings.Repeat(cmd("GET", "key:000000001234"), perBurst))
-	cr := newCommandReader(&burstReader{burst: burst}, 1<<20)
+	cr := resp.NewRequestReader(&burstReader{burst: burst}, 1<<20, maxBulkLen)
 	var batch upstream.Batch
 	total := 0
 	b.ReportAllocs()
 	for b.Loop() {
 		// A read may end between commands of the burst (the parser's
 		// buffer wraps); it returns whatever is complete.
-		cmds, err := cr.read()
+		cmds, err := cr.Read()
 		if err != nil || len(cmds) == 0 {
 			b.Fatalf("read %d commands: %v", len(cmds), err)
 		}
 		total += len(cmds)
 		for _, c := range cmds {
-			if classify(c.Args) != routeShared {
+			if commands.Classify(c.Args) != commands.Shared {
 				b.Fatal("GET is not stateless")
 			}
 			batch.Cmds = append(batch.Cmds, c.Raw)
 		}
-		batch.Reset()
-		cr.release()
+		batch.Cmds = batch.Cmds[:0]
+		cr.Release()
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(total), "ns/cmd")
 	b.ReportMetric(float64(total)/float64(b.N), "cmds/op")

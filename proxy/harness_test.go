@@ -138,6 +138,9 @@ func startProxy(t testing.TB, p *pki, upstreamURL string, edit func(*config.Conf
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, ln) }()
 	t.Cleanup(func() {
+		if t.Failed() && os.Getenv("TLSPROXY_TEST_LOG") != "" {
+			t.Logf("proxy log:\n%s", logs.String())
+		}
 		cancel()
 		select {
 		case err := <-done:

@@ -43,9 +43,13 @@ func New(cfg config.Config, log zerolog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	if cfg.Listen.TLS.ClientAuth == "none" {
-		log.Warn().Str("key", "listen.tls.client_auth").
+	switch cfg.Listen.TLS.ClientAuth {
+	case "none":
+		log.Warn().Str("key", "listen.tls.client_auth").Str("value", "none").
 			Msg("WARNING: client certificates are not required: any client that can reach the port can use Redis")
+	case "verify-if-given":
+		log.Warn().Str("key", "listen.tls.client_auth").Str("value", "verify-if-given").
+			Msg("WARNING: client certificates are not required: any client that can reach the port can use Redis (a certificate is verified only when a client sends one)")
 	}
 	target, err := cfg.Upstream.Target()
 	if err != nil {

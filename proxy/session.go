@@ -2,69 +2,96 @@ package proxy
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
-	"strconv"
+	"fmt"
+	"io"
+	"net"
+	"runtime/debug"
 	"sync"
+	"time"
 
 	"github.com/rs/zerolog"
 	"github.com/tidwall/redcon"
+	"github.com/tlsproxy/tlsproxy/proxy/resp"
 	"github.com/tlsproxy/tlsproxy/proxy/tlsconf"
 	"github.com/tlsproxy/tlsproxy/proxy/upstream"
 )
 
-// session serves one client connection. Its goroutine reads a burst of
-// pipelined commands, routes each (see commands.go), forwards them and writes
-// the replies back with one write per burst.
+// clientWriteTimeout bounds a write to a client: one that stops reading its
+// replies is disconnected rather than holding its session forever.
+const clientWriteTimeout = 30 * time.Second
+
+// maxBulkLen is Redis's default proto-max-bulk-len: a longer bulk argument
+// is a protocol error, as in Redis.
+const maxBulkLen = 512 << 20
+
+// session serves one client connection. Its goroutine reads the client's
+// requests, routes each (dispatch.go), forwards them and writes the replies.
 //
-// Stateless commands travel, batched, on the shared connections. A command
-// that leaves state on the connection pins the session to a dedicated
-// connection until the state is gone (or, for lasting state, until the
-// session ends); while pinned, replies flow to the client from the pinned
-// connection's own reader.
+// Plain request/reply commands travel, batched with other clients', on the
+// shared connections of the session's protocol and database; the session
+// waits for their replies and writes them with one write per burst. Any
+// other command moves the session onto a dedicated connection
+// (upstream.Dedicated), whose reader then writes every reply to the client
+// in order; the session returns to the shared connections once the
+// dedicated connection has answered everything and holds no state.
 type session struct {
-	srv  *Server
-	conn *tls.Conn
-	id   tlsconf.Identity
-	log  zerolog.Logger
-	cmds *commandReader
+	srv   *Server
+	conn  *tls.Conn
+	id    tlsconf.Identity
+	log   zerolog.Logger
+	rd    *resp.RequestReader
+	token string // makes the session's fence PINGs unforgeable
 
-	wmu   sync.Mutex // serialises writes to conn: the pinned reader writes too
-	out   []byte     // replies not yet written to the client
+	wmu   sync.Mutex // serialises writes to conn: the dedicated reader writes too
+	out   []byte     // shared-path replies not yet written to the client
 	batch upstream.Batch
-	proto int // 2 or 3, as set by HELLO
 
-	pin     *upstream.Pinned
-	pinOwed int   // commands queued on pin, not yet written
-	pinErr  error // a failed pin fails the rest of the burst
-	multi   bool  // inside MULTI
-	watch   bool  // WATCH is active
-	sticky  bool  // state that lasts until the session ends
+	// What a client connection has in Redis, kept by the proxy while the
+	// session uses shared connections.
+	proto int    // 2 or 3, as set by HELLO
+	db    int    // as set by SELECT
+	name  []byte // as set by CLIENT SETNAME or HELLO SETNAME
+
+	ded       *upstream.Dedicated
+	inMulti   bool // MULTI sent on ded, EXEC or DISCARD not yet
+	txAborted bool // a command was refused inside that MULTI
+	failTx    bool // MULTI or WATCH found no dedicated connection: fail all through EXEC/DISCARD
 }
 
 func newSession(srv *Server, conn *tls.Conn, id tlsconf.Identity) *session {
+	var tok [16]byte
+	rand.Read(tok[:])
 	s := &session{
 		srv:   srv,
 		conn:  conn,
 		id:    id,
+		token: "tlsproxy-fence-" + hex.EncodeToString(tok[:]),
 		proto: 2,
+		db:    srv.defaultDB,
 		log:   srv.log.With().Str("remote", conn.RemoteAddr().String()).Object("identity", id).Logger(),
 	}
-	s.cmds = newCommandReader(conn, srv.cfg.Listen.MaxRequestBytes)
+	s.rd = resp.NewRequestReader(conn, srv.cfg.Listen.MaxRequestBytes, maxBulkLen)
+	s.batch.Stream = s.stream
 	return s
 }
 
 func (s *session) serve() {
-	s.log.Debug().Msg("session started")
+	s.log.Info().Str("identity_name", s.id.String()).Msg("session started")
 	defer s.end()
-	for {
-		cmds, err := s.cmds.read()
-		if err != nil {
-			s.readFailed(err)
-			return
+	defer func() {
+		if r := recover(); r != nil {
+			// A bug must cost this client its connection, not the process.
+			s.log.Error().Str("panic", fmt.Sprint(r)).Bytes("stack", debug.Stack()).Msg("session panicked; closing client")
 		}
-		for _, cmd := range cmds {
-			if !s.dispatch(cmd) {
+	}()
+	for {
+		reqs, err := s.rd.Read()
+		for _, req := range reqs {
+			if !s.dispatch(req) {
 				s.finishBurst()
 				return
 			}
@@ -72,229 +99,62 @@ func (s *session) serve() {
 		if !s.finishBurst() {
 			return
 		}
-		s.cmds.release()
-	}
-}
-
-// dispatch routes one command. It returns false when the session must end.
-// Every command passes here: this is where policy checks and per-command
-// counters belong.
-func (s *session) dispatch(cmd redcon.Command) bool {
-	if s.pinErr != nil {
-		s.reply(upstream.AppendUnavailable(nil, s.pinErr))
-		return true
-	}
-	r := classify(cmd.Args)
-	switch r {
-	case routeSelect:
-		r = routeSticky
-		if s.isDefaultDB(cmd.Args) {
-			r = routeShared
+		if err != nil {
+			s.readFailed(err)
+			return
 		}
-	case routeWait:
-		if s.pin == nil {
-			s.reply(redcon.AppendError(nil, denyReason(cmd.Args)))
-			return true
-		}
-		r = routeBlocking
-	case routeDeny:
-		s.reply(redcon.AppendError(nil, denyReason(cmd.Args)))
-		return true
-	case routeQuit:
-		s.reply([]byte("+OK\r\n"))
-		return false
-	case routeReset:
-		return s.reset(cmd)
+		s.rd.Release()
 	}
-
-	if s.pin != nil && (r == routeShared || r == routeHello) && s.clean() {
-		s.unpin(upstream.Clean)
-	}
-	if s.pin == nil {
-		switch r {
-		case routeShared, routeEndTx, routeUnwatch:
-			s.batch.Cmds = append(s.batch.Cmds, cmd.Raw)
-			return true
-		case routeHello:
-			s.hello(cmd)
-			return true
-		}
-		if !s.pinSession() {
-			s.reply(upstream.AppendUnavailable(nil, s.pinErr))
-			return true
-		}
-	}
-	s.trackState(r, cmd.Args)
-	s.pin.Queue(cmd.Raw)
-	s.pinOwed++
-	return true
-}
-
-// clean reports whether the pinned connection holds no state of the
-// client's, so the session may go back to the shared connections.
-func (s *session) clean() bool {
-	return !s.multi && !s.watch && !s.sticky && !s.pin.Push()
-}
-
-// trackState records the state a command forwarded on the pinned
-// connection leaves there.
-func (s *session) trackState(r route, args [][]byte) {
-	switch r {
-	case routeSticky:
-		s.sticky = true
-	case routeHello:
-		s.sticky = true // the protocol of the pinned connection changes
-		if v, ok := protover(args); ok {
-			s.proto = v
-		}
-	case routeMulti:
-		s.multi = true
-	case routeWatch:
-		s.watch = true
-	case routeEndTx:
-		s.multi, s.watch = false, false
-	case routeUnwatch:
-		s.watch = false
-	case routePush:
-		s.pin.SetPush()
-	}
-}
-
-// hello forwards HELLO on a shared connection of the protocol it asks for.
-func (s *session) hello(cmd redcon.Command) {
-	v, ok := protover(cmd.Args)
-	if !ok || v == s.proto {
-		s.batch.Cmds = append(s.batch.Cmds, cmd.Raw)
-		return
-	}
-	s.flushShared()
-	old, start := s.proto, len(s.out)
-	s.proto = v
-	s.batch.Cmds = append(s.batch.Cmds, cmd.Raw)
-	s.flushShared()
-	if s.out[start] == '-' {
-		s.proto = old // Redis refused: the protocol did not change
-	}
-}
-
-// protover returns the protocol version HELLO asks for, when it is one the
-// proxy serves.
-func protover(args [][]byte) (int, bool) {
-	if len(args) < 2 {
-		return 0, false
-	}
-	switch string(args[1]) {
-	case "2":
-		return 2, true
-	case "3":
-		return 3, true
-	}
-	return 0, false
-}
-
-func (s *session) isDefaultDB(args [][]byte) bool {
-	if len(args) != 2 {
-		return false
-	}
-	n, err := strconv.Atoi(string(args[1]))
-	return err == nil && n == s.srv.defaultDB
-}
-
-// reset answers RESET. The session's state goes back to what a new
-// connection has; on a pinned connection Redis itself runs the RESET (which
-// also ends subscriptions and MONITOR) and the connection is then cleaned up
-// for reuse.
-func (s *session) reset(cmd redcon.Command) bool {
-	if s.pin == nil {
-		s.flushShared()
-		s.proto = 2
-		s.out = append(s.out, "+RESET\r\n"...)
-		return true
-	}
-	s.pin.ExpectReset()
-	s.pin.Queue(cmd.Raw)
-	s.pinOwed++
-	if err := s.flushPinned(); err != nil {
-		return false
-	}
-	if err := s.pin.Wait(); err != nil {
-		return false
-	}
-	s.unpin(upstream.Clean)
-	s.proto = 2
-	return true
-}
-
-// pinSession moves the session onto a dedicated connection. Everything
-// before it has been answered first, so commands run in the order sent.
-func (s *session) pinSession() bool {
-	s.flushShared()
-	if !s.writeOut() {
-		return false
-	}
-	pc, err := s.srv.pool.Pin(context.Background(), s.proto, s.writeClient, s.upstreamFailed)
-	if err != nil {
-		s.pinErr = err
-		s.log.Warn().Err(err).Msg("cannot pin an upstream connection")
-		return false
-	}
-	s.pin = pc
-	return true
-}
-
-// unpin returns the dedicated connection once every reply owed on it has
-// reached the client.
-func (s *session) unpin(mode upstream.ReleaseMode) {
-	s.flushPinned()
-	s.pin.Quiesce()
-	s.pin.Unpin(mode)
-	s.pin = nil
-	s.multi, s.watch, s.sticky = false, false, false
-}
-
-// upstreamFailed runs when the pinned connection fails: the state the client
-// had there is gone, so its connection is closed, as Redis would.
-func (s *session) upstreamFailed(err error) {
-	s.log.Warn().Err(err).Msg("pinned upstream connection failed; closing client")
-	s.conn.Close()
 }
 
 // reply writes a reply the proxy makes itself, after every earlier reply.
 func (s *session) reply(b []byte) {
-	s.flushShared()
-	if s.pin == nil {
-		s.out = append(s.out, b...)
+	if s.ded != nil {
+		if s.inMulti {
+			s.txAborted = true // as Redis fails EXEC after a rejected command
+		}
+		if s.ded.Reply(b) != nil {
+			s.conn.Close()
+		}
 		return
 	}
-	s.flushPinned()
-	s.pin.Quiesce()
-	s.writeClient(b)
+	s.flushShared()
+	s.out = append(s.out, b...)
 }
 
+func (s *session) replyError(text string) { s.reply(redcon.AppendError(nil, text)) }
+
+// flushShared sends the commands queued for the shared connections and
+// waits for their replies. When the connection failed after writing some of
+// them, their outcome is unknown: the client is disconnected, as a dead Redis
+// would disconnect it.
 func (s *session) flushShared() {
 	if len(s.batch.Cmds) == 0 {
 		return
 	}
 	s.batch.Out = s.out
-	s.srv.pool.Do(s.proto, &s.batch)
+	s.srv.pool.Do(s.proto, s.db, &s.batch)
 	s.out = s.batch.Out
 	s.batch.Cmds = s.batch.Cmds[:0]
+	if s.batch.Lost {
+		s.writeOut()
+		s.log.Warn().Msg("shared upstream connection failed with commands in flight; closing client")
+		s.conn.Close()
+	}
 }
 
-func (s *session) flushPinned() error {
-	if s.pin == nil || s.pinOwed == 0 {
-		return nil
+// stream writes shared-path replies that arrive in large amounts at once,
+// so they never pile up in the proxy.
+func (s *session) stream(b []byte) {
+	if s.writeClient(b) != nil {
+		s.conn.Close()
 	}
-	n := s.pinOwed
-	s.pinOwed = 0
-	return s.pin.Flush(n)
 }
 
 // finishBurst sends what the burst queued and writes the replies.
 func (s *session) finishBurst() bool {
-	s.pinErr = nil
 	s.flushShared()
-	if err := s.flushPinned(); err != nil {
+	if s.ded != nil && s.ded.Flush() != nil {
 		return false
 	}
 	return s.writeOut()
@@ -309,38 +169,141 @@ func (s *session) writeOut() bool {
 	if cap(s.out) > 1<<20 {
 		s.out = nil // do not keep a large reply's buffer around
 	}
+	s.batch.Out = nil
 	return err == nil
 }
 
 func (s *session) writeClient(b []byte) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	s.conn.SetWriteDeadline(time.Now().Add(clientWriteTimeout))
 	_, err := s.conn.Write(b)
 	return err
 }
 
-func (s *session) readFailed(err error) {
-	switch {
-	case errors.Is(err, errRequestTooLarge):
-		s.log.Warn().Int("max_request_bytes", s.cmds.limit.max).Msg("request too large; closing client")
-		s.writeClient(redcon.AppendError(nil, "ERR Protocol error: request larger than listen.max_request_bytes"))
-	case s.cmds.limit.err != nil:
-		// The connection closed or failed: nothing to answer.
-	default:
-		// redcon found malformed RESP; its message starts "Protocol error".
-		s.log.Info().Str("reason", err.Error()).Msg("client protocol error; closing client")
-		s.writeClient(redcon.AppendError(nil, "ERR "+err.Error()))
+// dedicate moves the session onto a dedicated connection. Everything before
+// it has been answered and written first, so commands run in the order sent.
+func (s *session) dedicate() error {
+	s.flushShared()
+	if !s.writeOut() {
+		return io.ErrClosedPipe
 	}
+	d, err := s.srv.pool.Dedicate(context.Background(), s.proto, s.db, s.token, s.writeClient, s.upstreamFailed)
+	if err != nil {
+		s.log.Warn().Err(err).Msg("no dedicated upstream connection for the session")
+		return err
+	}
+	s.ded = d
+	if s.name != nil {
+		// The name the proxy kept goes with the session.
+		d.SendHidden(redcon.AppendBulk(redcon.AppendBulkString(redcon.AppendBulkString(
+			redcon.AppendArray(nil, 3), "CLIENT"), "SETNAME"), s.name), upstream.EffectSetName)
+	}
+	return nil
+}
+
+// release gives the dedicated connection back once it has answered
+// everything and holds no state of the client's; the session continues on
+// the shared connections of the connection's protocol and database.
+func (s *session) release() {
+	st := s.ded.State()
+	s.ded.Release()
+	s.ded = nil
+	s.proto, s.db = st.Proto, st.DB
+	s.inMulti, s.txAborted = false, false
+}
+
+// waitDedicated waits until the dedicated connection has written every reply
+// owed to the client, while watching the client: one that goes away ends the
+// wait (false), and its dedicated connection is then closed, so Redis
+// unblocks whatever it waited on and nothing is consumed for nobody.
+func (s *session) waitDedicated() bool {
+	if s.ded.Idle() {
+		return true
+	}
+	filled := make(chan error, 1)
+	fill := func() { filled <- s.watchClient() }
+	go fill()
+	ok := true
+	for ok && !s.ded.Idle() {
+		select {
+		case <-s.ded.Quiet():
+		case <-s.ded.Exited():
+			ok = s.ded.Idle()
+		case err := <-filled:
+			switch {
+			case err == nil:
+				go fill()
+			case errors.Is(err, resp.ErrBufferFull):
+				filled = nil // keep waiting, read nothing more
+			default:
+				filled, ok = nil, false // the client is gone
+			}
+		}
+	}
+	if filled != nil {
+		s.conn.SetReadDeadline(time.Now())
+		<-filled
+		s.conn.SetReadDeadline(time.Time{})
+	}
+	return ok
+}
+
+// upstreamFailed runs when the dedicated connection fails (err) or Redis
+// closed it after QUIT (nil): the client's connection state is gone, so its
+// connection is closed, as Redis would close it.
+func (s *session) upstreamFailed(err error) {
+	if err != nil {
+		s.log.Warn().Err(err).Msg("dedicated upstream connection failed; closing client")
+	}
+	s.conn.Close()
+}
+
+func (s *session) readFailed(err error) {
+	var pe *resp.ProtocolError
+	switch {
+	case errors.As(err, &pe):
+		s.log.Info().Str("reason", pe.Msg).Msg("client protocol error; closing client")
+		s.reply(redcon.AppendError(nil, "ERR "+pe.Msg))
+	case errors.Is(err, resp.ErrRequestTooLarge):
+		s.log.Warn().Int("max_request_bytes", s.srv.cfg.Listen.MaxRequestBytes).Msg("request too large; closing client")
+		s.reply(redcon.AppendError(nil, "ERR Protocol error: request larger than listen.max_request_bytes"))
+	default:
+		return // the connection closed or failed: nothing to answer
+	}
+	if s.ded != nil {
+		// Answer what came before the bad request, as Redis does.
+		s.ded.Flush()
+		s.waitDedicated()
+	}
+	s.writeOut()
+}
+
+// watchClient reads from the client once while the session waits, so that a
+// client that goes away is noticed (an error other than resp.ErrBufferFull).
+// What it reads is kept for the next requests; after a bad request nothing
+// more is, and the read only watches.
+func (s *session) watchClient() error {
+	err := s.rd.Fill()
+	var pe *resp.ProtocolError
+	if !errors.As(err, &pe) && !errors.Is(err, resp.ErrRequestTooLarge) {
+		return err
+	}
+	var discard [512]byte
+	_, err = s.conn.Read(discard[:])
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		return nil
+	}
+	return err
 }
 
 func (s *session) end() {
-	if s.pin != nil {
-		mode := upstream.Clean
-		if !s.clean() {
-			mode = upstream.Dirty
-		}
-		s.pin.Unpin(mode)
-		s.pin = nil
+	// Closing the client first wakes a dedicated reader blocked writing to it.
+	s.conn.Close()
+	if s.ded != nil {
+		s.ded.Release()
+		s.ded = nil
 	}
+	s.rd.Release()
 	s.log.Debug().Msg("session ended")
 }

@@ -335,9 +335,9 @@ func TestStateIsolation(t *testing.T) {
 	}
 }
 
-// TestPinnedLimit fills upstream.pool.max_pinned: a client that needs one
-// more dedicated connection gets an error for the rest of its pipeline, so
-// nothing meant for its transaction runs outside it.
+// TestPinnedLimit fills upstream.pool.max_pinned: a client whose MULTI
+// finds no dedicated connection gets an error for every command up to its
+// EXEC, so nothing meant for its transaction runs outside it.
 func TestPinnedLimit(t *testing.T) {
 	e := startPlain(t, func(c *config.Config) {
 		c.Upstream.Pool.MaxPinned = 1
@@ -346,12 +346,13 @@ func TestPinnedLimit(t *testing.T) {
 	a, b := e.rawConn(t), e.rawConn(t)
 	roundTrip(t, a, cmd("MULTI"), "+OK\r\n")
 	const full = "-ERR upstream unavailable: all dedicated connections (upstream.pool.max_pinned) are in use\r\n"
-	roundTrip(t, b, cmd("MULTI")+cmd("SET", "x", "1")+cmd("EXEC"), full+full+full)
+	const inTx = "-" + errNoDedicated + "\r\n"
+	roundTrip(t, b, cmd("MULTI")+cmd("SET", "x", "1")+cmd("EXEC"), full+inTx+inTx)
 	roundTrip(t, b, cmd("GET", "x"), "$-1\r\n") // stateless commands still work
 	roundTrip(t, a, cmd("SET", "y", "1")+cmd("EXEC"), "+QUEUED\r\n*1\r\n+OK\r\n")
 	roundTrip(t, a, cmd("GET", "y"), "$1\r\n1\r\n") // unpins a
 	roundTrip(t, b, cmd("MULTI")+cmd("SET", "x", "1")+cmd("EXEC"), "+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n")
-	if !contains(e.logs.String(), "cannot pin an upstream connection") {
+	if !contains(e.logs.String(), "no dedicated upstream connection for the session") {
 		t.Fatal("no log line for the refused pin")
 	}
 }

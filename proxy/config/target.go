@@ -68,25 +68,34 @@ func (u Upstream) Target() (Target, error) {
 
 // parseURL accepts redis://[user:pass@]host[:port][/db], rediss://... and
 // unix://[user:pass@]/path.sock[?db=N].
+//
+// The user name and password are split off before url.Parse sees the rest,
+// so that no error (url.Parse quotes what it cannot parse) and no field of
+// Target can hold a piece of the password, even when the password has
+// characters that URL syntax splits at (#, /, ?) or a bad % escape.
 func parseURL(raw string) (Target, error) {
 	if raw == "" {
 		return Target{}, errors.New("must not be empty; use e.g. redis://127.0.0.1:6379")
 	}
-	u, err := url.Parse(raw)
+	rest, userinfo, shown, err := splitUserinfo(raw)
 	if err != nil {
-		// url.Error repeats the whole URL, password included: keep only the cause.
+		return Target{}, err
+	}
+	u, err := url.Parse(rest)
+	if err != nil {
+		// url.Error repeats the whole URL: keep only the cause, which quotes
+		// rest at most, and rest holds no password.
 		var ue *url.Error
 		if errors.As(err, &ue) {
 			err = ue.Err
 		}
 		return Target{}, fmt.Errorf("cannot parse URL (%v); use e.g. redis://127.0.0.1:6379", err)
 	}
-	shown := u.Redacted()
 
 	var t Target
-	if u.User != nil {
-		t.Username = u.User.Username()
-		t.Password, _ = u.User.Password()
+	if userinfo != nil {
+		t.Username = userinfo.Username()
+		t.Password, _ = userinfo.Password()
 	}
 	query := u.Query()
 	dbParam := query.Get("db")
@@ -134,4 +143,70 @@ func parseURL(raw string) (Target, error) {
 		t.DB = db
 	}
 	return t, nil
+}
+
+// errUserinfo is the error for a user name or password that cannot be read
+// from the URL. It quotes nothing of the URL.
+func errUserinfo(shown string) error {
+	return fmt.Errorf("%s: cannot read the user name and password: percent-encode these characters in them: "+
+		"# as %%23, / as %%2F, ? as %%3F, %% as %%25, @ as %%40 (in a socket path too), space as %%20; "+
+		"or keep the password in upstream.password_file", shown)
+}
+
+// splitUserinfo splits raw into the URL without its user-info part (rest),
+// the user name and password (nil when the URL has none) and the URL as
+// errors may show it, with everything that could be part of the user-info
+// part replaced by "xxxxx".
+//
+// url.Parse ends the user-info part at the last '@' before the first '/',
+// '?' or '#'. A password holding one of those makes url.Parse read part of
+// it as host, port, path, query or fragment; any '@' after that point means
+// just that, so such a URL is refused, as is a password with a bad %
+// escape, and the error shows none of it.
+func splitUserinfo(raw string) (rest string, userinfo *url.Userinfo, shown string, err error) {
+	lastAt := strings.LastIndexByte(raw, '@')
+	i := strings.Index(raw, "://")
+	if i < 0 || !isScheme(raw[:i]) {
+		if lastAt >= 0 {
+			return "", nil, "", fmt.Errorf("xxxxx@%s: missing scheme or \"//\"; use e.g. redis://user:password@127.0.0.1:6379", raw[lastAt+1:])
+		}
+		return raw, nil, raw, nil
+	}
+	start := i + len("://")
+	if lastAt < start {
+		return raw, nil, raw, nil // no '@' after the scheme
+	}
+	shown = raw[:start] + "xxxxx@" + raw[lastAt+1:]
+	if strings.HasPrefix(raw[start:], "/") {
+		// No authority (unix:///path): an '@' is part of the path.
+		return raw, nil, shown, nil
+	}
+	authority := raw[start:]
+	if j := strings.IndexAny(authority, "/?#"); j >= 0 {
+		authority = authority[:j]
+	}
+	if start+strings.LastIndexByte(authority, '@') != lastAt {
+		return "", nil, "", errUserinfo(shown)
+	}
+	// url.Parse reads the user-info part by itself exactly as in the whole
+	// URL; its error would quote it, so it is replaced.
+	u, err := url.Parse("redis://" + raw[start:lastAt] + "@host")
+	if err != nil || u.User == nil {
+		return "", nil, "", errUserinfo(shown)
+	}
+	return raw[:start] + raw[lastAt+1:], u.User, shown, nil
+}
+
+// isScheme reports whether s is a URL scheme: a letter, then letters,
+// digits, '+', '-' or '.'.
+func isScheme(s string) bool {
+	for i, c := range s {
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z':
+		case i > 0 && ('0' <= c && c <= '9' || c == '+' || c == '-' || c == '.'):
+		default:
+			return false
+		}
+	}
+	return s != ""
 }

@@ -3,9 +3,19 @@
 // as they arrive.
 //
 // The Scanner keeps its position across calls, so a reply may be split at any
-// byte, including inside a header line or a bulk body. Only header lines
-// (type byte, payload, CRLF) must be presented whole; bulk bodies are consumed
-// as they arrive, so arbitrarily large replies stream through a small buffer.
+// byte, including inside a header line or a bulk body. Only the header lines
+// of length-prefixed types ($ * % ~ > | = !) must be presented whole; bulk
+// bodies and line types (+ - : , ( _ #) are consumed as they arrive, so
+// replies of any size stream through a small buffer.
+//
+// The scanner is only as strict as finding the end of a reply requires: a line
+// type may hold anything up to its CRLF (Redis sends 70,000-byte status lines
+// from scripts), because a shared connection must never be dropped over a
+// reply whose end can still be found.
+//
+// RESP3 push frames ('>') are never replies: Scan stops in front of one, and
+// the caller consumes it with ScanPush (dropping it on a shared connection,
+// forwarding it on a dedicated one) without counting it.
 package resp
 
 import (
@@ -17,8 +27,9 @@ import (
 // ErrProtocol is returned (wrapped with detail) when the stream is not valid RESP.
 var ErrProtocol = errors.New("resp: protocol error")
 
-// MaxLineLength is the longest header or simple line accepted, counting the type
-// byte and excluding the terminating CRLF. A longer line is a protocol error.
+// MaxLineLength is the longest header line of a length-prefixed type accepted,
+// counting the type byte and excluding the terminating CRLF. A longer header
+// is a protocol error; line types have no limit.
 const MaxLineLength = 64 * 1024
 
 // maxCount bounds lengths and the pending-element counter so that the
@@ -33,6 +44,7 @@ const (
 	phaseBody                // skipping bulk body bytes
 	phaseCR                  // expecting the '\r' that ends a bulk body
 	phaseLF                  // expecting the '\n' that ends a bulk body
+	phaseLine                // inside the payload of a line type, looking for CRLF
 )
 
 // kind classifies a type byte.
@@ -40,10 +52,7 @@ type kind uint8
 
 const (
 	kindInvalid kind = iota
-	kindSimple       // + - , free-form line (no CR inside)
-	kindInteger      // : ( signed decimal integer
-	kindNull         // _ empty line
-	kindBool         // # t or f
+	kindLine         // + - , : ( _ # a line: anything up to CRLF
 	kindBulk         // $ ! = length-prefixed body
 	kindArray        // * ~ > n elements
 	kindMap          // % 2n elements
@@ -51,13 +60,13 @@ const (
 )
 
 var kinds = [256]kind{
-	'+': kindSimple,
-	'-': kindSimple,
-	',': kindSimple,
-	':': kindInteger,
-	'(': kindInteger,
-	'_': kindNull,
-	'#': kindBool,
+	'+': kindLine,
+	'-': kindLine,
+	',': kindLine,
+	':': kindLine,
+	'(': kindLine,
+	'_': kindLine,
+	'#': kindLine,
 	'$': kindBulk,
 	'!': kindBulk,
 	'=': kindBulk,
@@ -78,17 +87,49 @@ type Scanner struct {
 	bulk int64
 	// phase is the position inside the current element.
 	phase phase
+	// push is set while a top-level push frame is being consumed.
+	push bool
+	// lineCR is set in phaseLine when the last byte consumed was a CR.
+	lineCR bool
 	// err is sticky: once set, every Scan returns it.
 	err error
 }
 
 // Scan consumes reply bytes from p and reports how many bytes it consumed and how many
 // top-level replies it completed, never completing more than max replies (max <= 0 means no limit).
-// It stops early (consumed < len(p)) only when the next header line is incomplete in p (the caller
-// keeps those bytes and calls again with more appended) or when max replies are complete.
+// It stops early (consumed < len(p)) when the next header line is incomplete in p (the caller
+// keeps those bytes and calls again with more appended), when max replies are complete, or in
+// front of a top-level push frame (AtPush then holds: consume it with ScanPush).
 // Bytes of a bulk body are consumed as they arrive, even if the body is not complete.
 // A malformed stream returns an error (ErrProtocol wrapped with detail); the scanner is then unusable.
 func (s *Scanner) Scan(p []byte, max int) (consumed int, replies int, err error) {
+	if s.push && s.err == nil {
+		return 0, 0, nil // the caller must finish the push with ScanPush
+	}
+	return s.scan(p, max)
+}
+
+// AtPush reports whether the next bytes of the stream, p, belong to a push
+// frame: one has begun (a partial push was consumed) or p starts one.
+func (s *Scanner) AtPush(p []byte) bool {
+	return s.push || (len(p) > 0 && p[0] == '>' && !s.InReply())
+}
+
+// ScanPush consumes the push frame that AtPush reported, as Scan consumes a
+// reply: it returns the bytes consumed and whether the push is complete.
+func (s *Scanner) ScanPush(p []byte) (consumed int, done bool, err error) {
+	if !s.AtPush(p) {
+		return 0, false, nil
+	}
+	s.push = true
+	n, k, err := s.scan(p, 1)
+	if k == 1 {
+		s.push = false
+	}
+	return n, k == 1, err
+}
+
+func (s *Scanner) scan(p []byte, max int) (consumed int, replies int, err error) {
 	if s.err != nil {
 		return 0, 0, s.err
 	}
@@ -96,6 +137,9 @@ func (s *Scanner) Scan(p []byte, max int) (consumed int, replies int, err error)
 	for i < len(p) {
 		switch s.phase {
 		case phaseHeader:
+			if p[i] == '>' && s.pending == 0 && !s.push {
+				return i, replies, nil // a push, not a reply
+			}
 			n, err := s.header(p[i:])
 			if err != nil {
 				s.err = err
@@ -129,6 +173,13 @@ func (s *Scanner) Scan(p []byte, max int) (consumed int, replies int, err error)
 			}
 			i++
 			s.phase = phaseHeader
+		case phaseLine:
+			n, end := s.line(p[i:])
+			i += n
+			if !end {
+				return i, replies, nil
+			}
+			s.phase = phaseHeader
 		}
 		// An element just finished, or an aggregate header was read.
 		if s.phase == phaseHeader && s.pending == 0 {
@@ -149,6 +200,17 @@ func (s *Scanner) header(b []byte) (int, error) {
 	k := kinds[t]
 	if k == kindInvalid {
 		return 0, fmt.Errorf("%w: unknown type byte %q", ErrProtocol, t)
+	}
+	if k == kindLine {
+		// Every element fills one slot of its parent (none at top level).
+		if s.pending > 0 {
+			s.pending--
+		}
+		n, end := s.line(b[1:])
+		if !end {
+			s.phase = phaseLine
+		}
+		return 1 + n, nil
 	}
 	// A line is the type byte and a payload free of CR and LF, then CRLF.
 	j := lineEnd(b)
@@ -178,22 +240,7 @@ func (s *Scanner) header(b []byte) (int, error) {
 		s.pending--
 	}
 
-	switch k {
-	case kindSimple:
-		// Any payload is fine: lineEnd has excluded CR and LF.
-	case kindInteger:
-		if !validInteger(line) {
-			return 0, fmt.Errorf("%w: invalid integer in %q line", ErrProtocol, t)
-		}
-	case kindNull:
-		if len(line) != 0 {
-			return 0, fmt.Errorf("%w: non-empty null", ErrProtocol)
-		}
-	case kindBool:
-		if len(line) != 1 || (line[0] != 't' && line[0] != 'f') {
-			return 0, fmt.Errorf("%w: invalid boolean", ErrProtocol)
-		}
-	default: // length-prefixed
+	{ // length-prefixed
 		if len(line) == 1 && line[0] == '?' {
 			return 0, fmt.Errorf("%w: streamed types not supported", ErrProtocol)
 		}
@@ -237,6 +284,33 @@ func (s *Scanner) header(b []byte) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// line consumes the payload of a line type up to and including its CRLF. It
+// returns the bytes consumed and whether the CRLF was reached; a CR at the end
+// of b is consumed and remembered, since the LF may come in the next read.
+func (s *Scanner) line(b []byte) (int, bool) {
+	i := 0
+	if s.lineCR {
+		s.lineCR = false
+		if len(b) > 0 && b[0] == '\n' {
+			return 1, true
+		}
+	}
+	for {
+		j := bytes.IndexByte(b[i:], '\r')
+		if j < 0 {
+			return len(b), false
+		}
+		i += j + 1
+		if i == len(b) {
+			s.lineCR = true
+			return i, false
+		}
+		if b[i] == '\n' {
+			return i + 1, true
+		}
+	}
 }
 
 // lineEnd returns the index of the first CR or LF in b[1:], looking no further
@@ -290,8 +364,8 @@ func parseLength(b []byte) (int64, bool) {
 	}
 	var n int64
 	for _, c := range b {
-		if c < '0' || c > '9' {
-			return 0, false
+		if c < '0' || c > '9' || n > maxCount/10 {
+			return 0, false // n*10 could overflow
 		}
 		n = n*10 + int64(c-'0')
 		if n > maxCount {

@@ -4,6 +4,7 @@
 package upstream
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -22,8 +23,8 @@ type Options struct {
 	Address  string      // host:port or socket path
 	TLS      *tls.Config // nil for a plain connection
 	Username string      // ACL user; empty means the default user
-	Password string      // empty means no AUTH
-	DB       int         // selected on connect when not 0
+	Password string      // with Username empty: AUTH as the default user
+	DB       int         // the database connections start in (the URL's)
 
 	DialTimeout  time.Duration
 	ReadTimeout  time.Duration
@@ -49,7 +50,9 @@ type Conn struct {
 	nc    net.Conn // TLS on top of raw for rediss://
 	raw   net.Conn // the socket
 	opts  *Options
-	proto int // 2 or 3: the protocol the connection was set up with
+	proto int   // 2 or 3: the protocol the connection was set up with
+	db    int   // the database selected on the connection
+	id    int64 // Redis's CLIENT ID of the connection
 
 	buf  []byte // read buffer; buf[r:w] holds bytes read but not yet consumed
 	r, w int
@@ -57,8 +60,8 @@ type Conn struct {
 }
 
 // Dial connects to Redis and runs the set-up commands for the given protocol
-// version (2 or 3).
-func Dial(ctx context.Context, o *Options, proto int) (*Conn, error) {
+// version (2 or 3) and database.
+func Dial(ctx context.Context, o *Options, proto, db int) (*Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, o.DialTimeout)
 	defer cancel()
 	d := net.Dialer{KeepAlive: 30 * time.Second}
@@ -79,7 +82,7 @@ func Dial(ctx context.Context, o *Options, proto int) (*Conn, error) {
 	if deadline, ok := ctx.Deadline(); ok {
 		nc.SetDeadline(deadline)
 	}
-	if err := c.setUp(nil, proto); err != nil {
+	if err := c.setUp(nil, proto, db); err != nil {
 		nc.Close()
 		return nil, err
 	}
@@ -93,7 +96,12 @@ func (c *Conn) Close() error { return c.nc.Close() }
 // setUp writes prefix (commands whose replies the caller expects first, such
 // as RESET) followed by the set-up commands in one write, and checks every
 // reply. The caller sets deadlines.
-func (c *Conn) setUp(prefix []string, proto int) error {
+//
+// These are the only commands of the proxy's own that reach Redis on a new
+// connection: HELLO 3 (with AUTH) or AUTH, SELECT when the database is not 0,
+// and CLIENT ID, which tells the proxy the connection's id so that no client
+// can name a connection it does not own.
+func (c *Conn) setUp(prefix []string, proto, db int) error {
 	type step struct {
 		name string
 		args []string
@@ -103,28 +111,25 @@ func (c *Conn) setUp(prefix []string, proto int) error {
 		steps = append(steps, step{p, []string{p}})
 	}
 	o := c.opts
+	// A user without a password is still honoured: a nopass ACL user
+	// accepts any password, and any other user fails closed.
+	auth := o.Password != "" || o.Username != ""
+	user := o.Username
+	if user == "" {
+		user = "default"
+	}
 	switch {
+	case proto == 3 && auth:
+		steps = append(steps, step{"HELLO", []string{"HELLO", "3", "AUTH", user, o.Password}})
 	case proto == 3:
-		args := []string{"HELLO", "3"}
-		if o.Password != "" {
-			user := o.Username
-			if user == "" {
-				user = "default"
-			}
-			args = append(args, "AUTH", user, o.Password)
-		}
-		steps = append(steps, step{"HELLO", args})
-	case o.Password != "" && o.Username != "":
-		steps = append(steps, step{"AUTH", []string{"AUTH", o.Username, o.Password}})
-	case o.Password != "":
-		steps = append(steps, step{"AUTH", []string{"AUTH", o.Password}})
+		steps = append(steps, step{"HELLO", []string{"HELLO", "3"}})
+	case auth:
+		steps = append(steps, step{"AUTH", []string{"AUTH", user, o.Password}})
 	}
-	if o.DB != 0 {
-		steps = append(steps, step{"SELECT", []string{"SELECT", strconv.Itoa(o.DB)}})
+	if db != 0 {
+		steps = append(steps, step{"SELECT", []string{"SELECT", strconv.Itoa(db)}})
 	}
-	if len(steps) == 0 {
-		return nil
-	}
+	steps = append(steps, step{"CLIENT ID", []string{"CLIENT", "ID"}})
 	var out []byte
 	for _, s := range steps {
 		out = redcon.AppendArray(out, len(s.args))
@@ -135,16 +140,31 @@ func (c *Conn) setUp(prefix []string, proto int) error {
 	if _, err := c.nc.Write(out); err != nil {
 		return err
 	}
+	var failed error
 	for _, s := range steps {
 		reply, err := c.readReply()
 		if err != nil {
 			return fmt.Errorf("%s: %w", s.name, err)
 		}
 		if len(reply) > 0 && reply[0] == '-' {
-			return &ReplyError{Command: s.name, Reply: string(reply[1 : len(reply)-2])}
+			if s.name == "CLIENT ID" {
+				continue // an ACL user may not run it: the id stays unknown (0)
+			}
+			// Read the remaining replies too, so the connection stays in
+			// step; the first error is the one reported.
+			if failed == nil {
+				failed = &ReplyError{Command: s.name, Reply: string(reply[1 : len(reply)-2])}
+			}
+			continue
+		}
+		if s.name == "CLIENT ID" {
+			c.id, _ = strconv.ParseInt(string(bytes.TrimSpace(reply[1:])), 10, 64)
 		}
 	}
-	c.proto = proto
+	if failed != nil {
+		return failed
+	}
+	c.proto, c.db = proto, db
 	return nil
 }
 
@@ -195,6 +215,27 @@ func (c *Conn) fill() error {
 func (c *Conn) reset() error {
 	c.nc.SetDeadline(time.Now().Add(c.opts.ReadTimeout))
 	defer c.nc.SetDeadline(time.Time{})
-	// RESET returns the connection to RESP2 and the default user.
-	return c.setUp([]string{"RESET"}, c.proto)
+	// RESET returns the connection to RESP2, database 0 and the default user.
+	return c.setUp([]string{"RESET"}, c.proto, c.db)
+}
+
+// selectDB moves an idle connection to another database.
+func (c *Conn) selectDB(db int) error {
+	c.nc.SetDeadline(time.Now().Add(c.opts.ReadTimeout))
+	defer c.nc.SetDeadline(time.Time{})
+	cmd := redcon.AppendArray(nil, 2)
+	cmd = redcon.AppendBulkString(cmd, "SELECT")
+	cmd = redcon.AppendBulkString(cmd, strconv.Itoa(db))
+	if _, err := c.nc.Write(cmd); err != nil {
+		return err
+	}
+	reply, err := c.readReply()
+	if err != nil {
+		return err
+	}
+	if reply[0] == '-' {
+		return &ReplyError{Command: "SELECT", Reply: string(reply[1 : len(reply)-2])}
+	}
+	c.db = db
+	return nil
 }

@@ -7,33 +7,81 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/rs/zerolog"
 )
 
 // Batch is a run of commands from one client that travel together on a
-// shared connection. The client waits for Wait to return; by then Out holds
-// one reply per command, in order: the bytes Redis sent, or an
-// "-ERR upstream unavailable" line for each command that got no reply.
+// shared connection. When Do returns, Out holds the replies, in order: the
+// bytes Redis sent, then, if the connection failed, an
+// "-ERR upstream unavailable" line for each command that was never written.
+// Lost reports that the connection failed after writing commands whose
+// replies never came: their outcome is unknown, so the client must be
+// disconnected (as a dead Redis would) rather than told they failed, which
+// would invite a retry that applies them twice.
 type Batch struct {
 	Cmds [][]byte // raw RESP commands, forwarded as they are
 	Out  []byte   // replies are appended here
+	Lost bool     // some commands were written and got no reply
+	// Stream, when set, receives the replies (Out included) in pieces as
+	// they arrive once they amount to streamChunk bytes, so that large
+	// replies flow to the client instead of piling up; Out then holds only
+	// the rest. It runs on the goroutine that called Do.
+	Stream func([]byte)
 
-	owed int // replies still owed
+	chunks chan []byte
+	owed   int // replies still owed
 	done chan struct{}
 	mux  *mux
 }
 
-// Reset empties the batch for reuse, keeping its buffers.
-func (b *Batch) Reset() {
-	b.Cmds = b.Cmds[:0]
-	b.Out = b.Out[:0]
+// drainChunks hands Stream a piece the reader passed just before it
+// completed the batch.
+func (b *Batch) drainChunks() {
+	select {
+	case c := <-b.chunks:
+		b.Stream(c)
+	default:
+	}
 }
 
-// wait blocks until the batch is complete.
-func (b *Batch) wait() {
-	select {
-	case <-b.done:
+// passChunk gives Out to the waiting goroutine when it holds enough bytes and
+// the goroutine has taken the previous piece; the reader never waits for it.
+func (b *Batch) passChunk() {
+	if b.chunks == nil || len(b.Out) < streamChunk {
 		return
-	case <-b.mux.exited:
+	}
+	select {
+	case b.chunks <- b.Out:
+		b.Out = nil
+	default:
+	}
+}
+
+// lose marks the batch's remaining replies as lost.
+func (b *Batch) lose() {
+	if b.owed > 0 {
+		b.Lost = true
+		b.owed = 0
+	}
+}
+
+// streamChunk is the amount of reply bytes a batch hands to Stream at once.
+const streamChunk = 256 << 10
+
+// wait blocks until the batch is complete, streaming replies meanwhile.
+func (b *Batch) wait() {
+	defer b.drainChunks()
+	for {
+		select {
+		case <-b.done:
+			return
+		case c := <-b.chunks:
+			b.Stream(c)
+			continue
+		case <-b.mux.exited:
+		}
+		break
 	}
 	// The connection died. Its reader and writer have exited, so whoever held
 	// the batch has either completed it or let go of it.
@@ -77,12 +125,15 @@ func AppendUnavailable(dst []byte, err error) []byte {
 // proxy's write calls and Redis's per-read overhead (see DESIGN.md).
 type mux struct {
 	c        *Conn
+	log      zerolog.Logger
 	queue    chan *Batch // submitted, not yet written
 	inflight chan *Batch // written, replies not yet read
 
 	pending      atomic.Int64  // batches written whose replies are not all read
 	drained      chan struct{} // signalled when pending drops to 0
 	lastActivity atomic.Int64  // unix nanos of the last write or read progress
+
+	pushes atomic.Int64 // push frames dropped
 
 	failOnce sync.Once
 	err      error         // why the connection died; set before dead closes
@@ -95,9 +146,10 @@ type mux struct {
 // applies backpressure beyond that many concurrent clients.
 const queueLen = 4096
 
-func newMux(c *Conn) *mux {
+func newMux(c *Conn, log zerolog.Logger) *mux {
 	m := &mux{
 		c:        c,
+		log:      log.With().Int64("upstream_id", c.id).Int("proto", c.proto).Int("db", c.db).Logger(),
 		queue:    make(chan *Batch, queueLen),
 		inflight: make(chan *Batch, queueLen),
 		drained:  make(chan struct{}, 1),
@@ -116,8 +168,12 @@ func newMux(c *Conn) *mux {
 func (m *mux) do(b *Batch) {
 	if b.done == nil {
 		b.done = make(chan struct{}, 1)
+		if b.Stream != nil {
+			b.chunks = make(chan []byte, 1)
+		}
 	}
 	b.owed = len(b.Cmds)
+	b.Lost = false
 	b.mux = m
 	select {
 	case m.queue <- b:
@@ -143,6 +199,10 @@ func isClosed(ch <-chan struct{}) bool {
 // goroutine blocked on it.
 func (m *mux) fail(err error) {
 	m.failOnce.Do(func() {
+		if err != ErrClosed {
+			m.log.Warn().Err(err).Int64("batches_in_flight", m.pending.Load()).
+				Msg("shared upstream connection failed; clients with commands in flight are disconnected")
+		}
 		m.err = err
 		close(m.dead)
 		m.c.Close()
@@ -151,7 +211,7 @@ func (m *mux) fail(err error) {
 
 func (m *mux) writeLoop() {
 	var batches []*Batch
-	var wbuf []byte
+	var wbuf writeBuf
 	for {
 		batches = batches[:0]
 		select {
@@ -182,10 +242,9 @@ func (m *mux) writeLoop() {
 				break drain
 			}
 		}
-		wbuf = wbuf[:0]
 		for _, b := range batches {
 			for _, cmd := range b.Cmds {
-				wbuf = append(wbuf, cmd...)
+				wbuf.add(cmd)
 			}
 		}
 		// Hand the batches to the reader before writing, so it always knows
@@ -200,12 +259,9 @@ func (m *mux) writeLoop() {
 		}
 		m.lastActivity.Store(time.Now().UnixNano())
 		m.c.nc.SetWriteDeadline(time.Now().Add(m.c.opts.WriteTimeout))
-		if _, err := m.c.nc.Write(wbuf); err != nil {
+		if err := wbuf.writeTo(m.c.nc); err != nil {
 			m.fail(err)
 			return
-		}
-		if cap(wbuf) > 1<<20 {
-			wbuf = nil // do not keep a large command's buffer around
 		}
 	}
 }
@@ -225,6 +281,24 @@ func (m *mux) readLoop() {
 			}
 			continue
 		}
+		if c.scan.AtPush(c.buf[c.r:c.w]) {
+			n, done, err := c.scan.ScanPush(c.buf[c.r:c.w])
+			if err != nil {
+				m.fail(err)
+				break
+			}
+			c.r += n
+			if done {
+				m.dropPush()
+			}
+			if n == 0 || c.r == c.w {
+				if err := m.read(); err != nil {
+					m.fail(err)
+					break
+				}
+			}
+			continue
+		}
 		if cur == nil {
 			select {
 			case cur = <-m.inflight:
@@ -241,6 +315,7 @@ func (m *mux) readLoop() {
 			break
 		}
 		cur.Out = append(cur.Out, c.buf[c.r:c.r+n]...)
+		cur.passChunk()
 		c.r += n
 		cur.owed -= done
 		if cur.owed == 0 {
@@ -254,26 +329,36 @@ func (m *mux) readLoop() {
 			cur = nil
 			continue
 		}
-		if n == 0 || c.r == c.w {
+		if c.r == c.w || n == 0 && !c.scan.AtPush(c.buf[c.r:c.w]) {
 			if err := m.read(); err != nil {
 				m.fail(err)
 				break
 			}
 		}
 	}
-	// Fail the batch being read and every batch written after it.
+	// The batch being read and every batch written after it got no (full)
+	// answer: what Redis did with them is unknown.
 	if cur != nil {
-		cur.fail(m.err)
+		cur.lose()
 		cur.done <- struct{}{}
 	}
 	for {
 		select {
 		case b := <-m.inflight:
-			b.fail(m.err)
+			b.lose()
 			b.done <- struct{}{}
 		default:
 			return
 		}
+	}
+}
+
+// dropPush discards a push frame that arrived on a shared connection: it
+// belongs to no client (Redis sends them there only when a client managed to
+// enable pushes on a shared connection), and it is never counted as a reply.
+func (m *mux) dropPush() {
+	if n := m.pushes.Add(1); n&(n-1) == 0 { // log the 1st, 2nd, 4th, 8th, ...
+		m.log.Warn().Int64("dropped", n).Msg("push frame on a shared upstream connection dropped")
 	}
 }
 

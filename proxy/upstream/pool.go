@@ -3,6 +3,7 @@ package upstream
 import (
 	"context"
 	"errors"
+	"math"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -30,9 +31,11 @@ type Pool struct {
 	limits Limits
 	log    zerolog.Logger
 
-	shared [2][]*sharedSlot // by protocol version - 2
-	next   atomic.Uint32
-	pinned chan struct{} // one token per leased connection
+	shared   sync.Map // sharedKey -> []*sharedSlot, made on first use
+	next     atomic.Uint32
+	pinned   chan struct{} // one token per leased connection
+	leased   sync.Map      // CLIENT ID of each leased connection -> struct{}
+	minBadDB atomic.Int64  // the lowest database Redis refused to SELECT
 
 	mu       sync.Mutex
 	idle     [2][]*Conn
@@ -43,6 +46,10 @@ type Pool struct {
 	announce sync.Once
 	stop     chan struct{}
 }
+
+// sharedKey names a set of shared connections: every connection of a set
+// speaks one protocol version in one database.
+type sharedKey struct{ proto, db int }
 
 type sharedSlot struct {
 	mu sync.Mutex // held while dialing
@@ -63,12 +70,7 @@ func NewPool(o Options, l Limits, log zerolog.Logger) *Pool {
 		pinned: make(chan struct{}, l.MaxPinned),
 		stop:   make(chan struct{}),
 	}
-	for i := range p.shared {
-		p.shared[i] = make([]*sharedSlot, l.MaxShared)
-		for j := range p.shared[i] {
-			p.shared[i][j] = new(sharedSlot)
-		}
-	}
+	p.minBadDB.Store(math.MaxInt64)
 	return p
 }
 
@@ -97,7 +99,7 @@ func (p *Pool) fillIdle() {
 		if !need {
 			return
 		}
-		c, err := p.dial(2)
+		c, err := p.dial(2, p.opts.DB)
 		if err != nil {
 			return
 		}
@@ -105,11 +107,11 @@ func (p *Pool) fillIdle() {
 	}
 }
 
-// Do sends a batch of stateless commands over a shared connection and waits
-// for the replies. When Redis cannot be reached, every command gets an error
-// reply at once.
-func (p *Pool) Do(proto int, b *Batch) {
-	m, err := p.sharedConn(proto)
+// Do sends a batch of stateless commands over a shared connection of the
+// given protocol and database, and waits for the replies. When Redis cannot
+// be reached, every command gets an error reply at once.
+func (p *Pool) Do(proto, db int, b *Batch) {
+	m, err := p.sharedConn(proto, db)
 	if err != nil {
 		b.owed = len(b.Cmds)
 		b.fail(err)
@@ -118,8 +120,37 @@ func (p *Pool) Do(proto int, b *Batch) {
 	m.do(b)
 }
 
-func (p *Pool) sharedConn(proto int) (*mux, error) {
-	slots := p.shared[proto-2]
+// ErrBadDB is what Redis answers to SELECT of a database it does not have.
+var ErrBadDB = &ReplyError{Command: "SELECT", Reply: "ERR DB index is out of range"}
+
+// CheckDB reports whether db may exist. Redis's databases are numbered from
+// 0 up, so once Redis refused one, every higher one is refused without asking
+// it again.
+func (p *Pool) CheckDB(db int) error {
+	if db < 0 || int64(db) >= p.minBadDB.Load() {
+		return ErrBadDB
+	}
+	return nil
+}
+
+func (p *Pool) slots(proto, db int) []*sharedSlot {
+	k := sharedKey{proto, db}
+	if v, ok := p.shared.Load(k); ok {
+		return v.([]*sharedSlot)
+	}
+	slots := make([]*sharedSlot, p.limits.MaxShared)
+	for i := range slots {
+		slots[i] = new(sharedSlot)
+	}
+	v, _ := p.shared.LoadOrStore(k, slots)
+	return v.([]*sharedSlot)
+}
+
+func (p *Pool) sharedConn(proto, db int) (*mux, error) {
+	if err := p.CheckDB(db); err != nil {
+		return nil, err
+	}
+	slots := p.slots(proto, db)
 	start := int(p.next.Add(1))
 	// Prefer a connection with nothing in flight: the batch goes out at once.
 	for i := range slots {
@@ -137,11 +168,11 @@ func (p *Pool) sharedConn(proto int) (*mux, error) {
 	if m := s.m.Load(); m != nil && m.alive() {
 		return m, nil
 	}
-	c, err := p.dial(proto)
+	c, err := p.dial(proto, db)
 	if err != nil {
 		return nil, err
 	}
-	m := newMux(c)
+	m := newMux(c, p.log)
 	s.m.Store(m)
 	return m, nil
 }
@@ -150,9 +181,12 @@ func (p *Pool) sharedConn(proto int) (*mux, error) {
 // upstream.pool.max_pinned is in use.
 var ErrPinnedExhausted = errors.New("all dedicated connections (upstream.pool.max_pinned) are in use")
 
-// lease hands out a dedicated connection speaking the given protocol. The
-// caller owns it until release.
-func (p *Pool) lease(ctx context.Context, proto int) (*Conn, error) {
+// lease hands out a dedicated connection speaking the given protocol in the
+// given database. The caller owns it until release.
+func (p *Pool) lease(ctx context.Context, proto, db int) (*Conn, error) {
+	if err := p.CheckDB(db); err != nil {
+		return nil, err
+	}
 	select {
 	case p.pinned <- struct{}{}:
 	default:
@@ -171,17 +205,33 @@ func (p *Pool) lease(ctx context.Context, proto int) (*Conn, error) {
 		if c == nil {
 			break
 		}
-		if c.healthy() {
+		if c.healthy() && (c.db == db || c.selectDB(db) == nil) {
+			p.noteLeased(c)
 			return c, nil
 		}
 		c.Close()
 	}
-	c, err := p.dial(proto)
+	c, err := p.dial(proto, db)
 	if err != nil {
 		<-p.pinned
 		return nil, err
 	}
+	p.noteLeased(c)
 	return c, nil
+}
+
+func (p *Pool) noteLeased(c *Conn) {
+	if c.id != 0 {
+		p.leased.Store(c.id, struct{}{})
+	}
+}
+
+// IsLeased reports whether id is the CLIENT ID of a connection leased to a
+// session right now: the only connections a client may name (CLIENT
+// TRACKING REDIRECT).
+func (p *Pool) IsLeased(id int64) bool {
+	_, ok := p.leased.Load(id)
+	return ok
 }
 
 // ReleaseMode says what state a leased connection comes back in.
@@ -198,6 +248,7 @@ const (
 
 // release returns a leased connection.
 func (p *Pool) release(c *Conn, mode ReleaseMode) {
+	p.leased.Delete(c.id)
 	defer func() { <-p.pinned }()
 	if mode == Dirty {
 		if err := c.reset(); err != nil {
@@ -237,7 +288,7 @@ func (p *Pool) putIdle(c *Conn) {
 // dial opens a connection unless a recent failure is still backing off, in
 // which case it returns that failure at once: clients get a prompt error
 // instead of each waiting for a dial timeout.
-func (p *Pool) dial(proto int) (*Conn, error) {
+func (p *Pool) dial(proto, db int) (*Conn, error) {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -250,10 +301,21 @@ func (p *Pool) dial(proto int) (*Conn, error) {
 	}
 	p.mu.Unlock()
 
-	c, err := Dial(context.Background(), &p.opts, proto)
+	c, err := Dial(context.Background(), &p.opts, proto, db)
 
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	var re *ReplyError
+	if errors.As(err, &re) && re.Command == "SELECT" && db > 0 {
+		// Redis is there; it has no such database.
+		for {
+			bad := p.minBadDB.Load()
+			if int64(db) >= bad || p.minBadDB.CompareAndSwap(bad, int64(db)) {
+				break
+			}
+		}
+		return nil, err
+	}
 	if err != nil {
 		if p.dialErr == nil {
 			p.log.Warn().Err(err).Str("upstream", p.opts.Address).Msg("cannot connect to Redis")
@@ -315,11 +377,12 @@ func (p *Pool) Close() {
 		p.idle[i] = nil
 	}
 	p.mu.Unlock()
-	for _, slots := range p.shared {
-		for _, s := range slots {
+	p.shared.Range(func(_, v any) bool {
+		for _, s := range v.([]*sharedSlot) {
 			if m := s.m.Load(); m != nil {
 				m.fail(ErrClosed)
 			}
 		}
-	}
+		return true
+	})
 }

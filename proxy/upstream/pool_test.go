@@ -74,7 +74,7 @@ func setup(t *testing.T, l Limits) (*testredis.Server, *Pool, *logBuf) {
 func ctl(t *testing.T, s *testredis.Server) *Conn {
 	t.Helper()
 	o := opts(s)
-	c, err := Dial(context.Background(), &o, 2)
+	c, err := Dial(context.Background(), &o, 2, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,27 +95,81 @@ func connDo(t *testing.T, c *Conn, args ...string) string {
 	return string(r)
 }
 
-// field returns key's value in CLIENT INFO or CLIENT LIST output.
+// field returns key's value in CLIENT INFO or CLIENT LIST output (a bulk
+// or, in RESP3, a verbatim "txt:" string).
 func field(info, key string) string {
 	for _, f := range strings.Fields(info) {
-		if v, ok := strings.CutPrefix(f, key+"="); ok {
+		if v, ok := strings.CutPrefix(strings.TrimPrefix(f, "txt:"), key+"="); ok {
 			return v
 		}
 	}
 	return "<missing>"
 }
 
-// splitReplies cuts raw reply bytes into whole replies.
-func splitReplies(out []byte) (rs []string, err error) {
+// clientInfo is Redis's CLIENT LIST line for the connection with the given
+// id, asked on c; a connection that is gone has no fields.
+func clientInfo(t *testing.T, c *Conn, id int64) string {
+	t.Helper()
+	return connDo(t, c, "CLIENT", "LIST", "ID", strconv.FormatInt(id, 10))
+}
+
+// infoField returns key's value in the INFO section asked on c, or "".
+func infoField(t *testing.T, c *Conn, section, key string) string {
+	t.Helper()
+	for _, line := range strings.Split(connDo(t, c, "INFO", section), "\r\n") {
+		if v, ok := strings.CutPrefix(line, key+":"); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// infoInt returns an integer field of INFO.
+func infoInt(t *testing.T, c *Conn, section, key string) int {
+	t.Helper()
+	v := infoField(t, c, section, key)
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		t.Fatalf("INFO %s %s: %q", section, key, v)
+	}
+	return n
+}
+
+// calls returns how many times Redis ran cmd ("reset", "client|id"),
+// from INFO commandstats.
+func calls(t *testing.T, c *Conn, cmd string) int {
+	t.Helper()
+	v := infoField(t, c, "commandstats", "cmdstat_"+cmd)
+	if v == "" {
+		return 0
+	}
+	n, err := strconv.Atoi(field(strings.ReplaceAll(v, ",", " "), "calls"))
+	if err != nil {
+		t.Fatalf("cmdstat_%s: %q", cmd, v)
+	}
+	return n
+}
+
+// frames cuts raw bytes from Redis into whole frames, replies and push
+// frames alike, in order.
+func frames(out []byte) (fs []string, err error) {
 	var s resp.Scanner
 	for len(out) > 0 {
-		n, k, err := s.Scan(out, 1)
-		if err != nil || k != 1 {
-			return rs, fmt.Errorf("incomplete or bad reply %q: %v", out, err)
+		var n int
+		var done bool
+		if s.AtPush(out) {
+			n, done, err = s.ScanPush(out)
+		} else {
+			var k int
+			n, k, err = s.Scan(out, 1)
+			done = k == 1
 		}
-		rs, out = append(rs, string(out[:n])), out[n:]
+		if err != nil || !done {
+			return fs, fmt.Errorf("incomplete or bad frame %q: %v", out, err)
+		}
+		fs, out = append(fs, string(out[:n])), out[n:]
 	}
-	return rs, nil
+	return fs, nil
 }
 
 func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
@@ -127,73 +181,19 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	}
 }
 
-// sink is a pinned session's client: it collects what toClient forwards.
-type sink struct {
-	mu    sync.Mutex
-	b     []byte
-	delay time.Duration // a client slow to take its bytes
-	fails chan error
-}
-
-func (s *sink) toClient(p []byte) error {
-	time.Sleep(s.delay)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.b = append(s.b, p...)
-	return nil
-}
-
-func (s *sink) onFail(err error) { s.fails <- err }
-
-func (s *sink) take() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	r := string(s.b)
-	s.b = s.b[:0]
-	return r
-}
-
-func (s *sink) pin(t *testing.T, p *Pool, proto int) *Pinned {
-	t.Helper()
-	if s.fails == nil {
-		s.fails = make(chan error, 4)
-	}
-	pc, err := p.Pin(context.Background(), proto, s.toClient, s.onFail)
-	if err != nil {
-		t.Fatalf("Pin: %v", err)
-	}
-	return pc
-}
-
-// do flushes cmds on pc and returns their replies. It waits for the bytes
-// after Quiesce returns: see TestQuiesceWaitsForForwarding.
-func (s *sink) do(t *testing.T, pc *Pinned, cmds ...[]byte) []string {
-	t.Helper()
-	s.take()
-	for _, c := range cmds {
-		pc.Queue(c)
-	}
-	if err := pc.Flush(len(cmds)); err != nil {
-		t.Fatalf("Flush: %v", err)
-	}
-	if err := pc.Quiesce(); err != nil {
-		t.Fatalf("Quiesce: %v", err)
-	}
-	var got []byte
-	var rs []string
-	waitFor(t, 2*time.Second, "forwarded replies", func() bool {
-		got = append(got, s.take()...)
-		var err error
-		rs, err = splitReplies(got)
-		return err == nil && len(rs) == len(cmds)
-	})
-	return rs
-}
-
 func idleCount(p *Pool, proto int) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return len(p.idle[proto-2])
+}
+
+// sharedMux returns the i-th shared connection for (proto, db), or nil.
+func sharedMux(p *Pool, proto, db, i int) *mux {
+	v, ok := p.shared.Load(sharedKey{proto, db})
+	if !ok {
+		return nil
+	}
+	return v.([]*sharedSlot)[i].m.Load()
 }
 
 func TestDialSetUp(t *testing.T) {
@@ -204,14 +204,14 @@ func TestDialSetUp(t *testing.T) {
 	for _, proto := range []int{2, 3} {
 		t.Run(fmt.Sprintf("ok/resp%d", proto), func(t *testing.T) {
 			o := opts(s)
-			o.Username, o.Password, o.DB = "u", "pw", 2
-			c, err := Dial(context.Background(), &o, proto)
+			o.Username, o.Password = "u", "pw"
+			c, err := Dial(context.Background(), &o, proto, 2)
 			if err != nil {
 				t.Fatalf("Dial: %v", err)
 			}
 			defer c.Close()
 			info := connDo(t, c, "CLIENT", "INFO")
-			for k, want := range map[string]string{"user": "u", "db": "2", "resp": strconv.Itoa(proto)} {
+			for k, want := range map[string]string{"user": "u", "db": "2", "resp": strconv.Itoa(proto), "id": strconv.FormatInt(c.id, 10)} {
 				if got := field(info, k); got != want {
 					t.Errorf("CLIENT INFO %s=%s, want %s (%q)", k, got, want, info)
 				}
@@ -229,8 +229,8 @@ func TestDialSetUp(t *testing.T) {
 	}{{"u", 2, "AUTH"}, {"u", 3, "HELLO"}, {"", 2, "AUTH"}, {"", 3, "HELLO"}} {
 		t.Run(fmt.Sprintf("wrong-password/user=%q/resp%d", tc.user, tc.proto), func(t *testing.T) {
 			o := opts(s)
-			o.Username, o.Password, o.DB = tc.user, bad, 2
-			c, err := Dial(context.Background(), &o, tc.proto)
+			o.Username, o.Password = tc.user, bad
+			c, err := Dial(context.Background(), &o, tc.proto, 2)
 			var re *ReplyError
 			if !errors.As(err, &re) {
 				t.Fatalf("Dial: got %v, %v; want a *ReplyError", c, err)
@@ -248,9 +248,75 @@ func TestDialSetUp(t *testing.T) {
 			o := opts(s)
 			o.Network, o.Address = tc.network, tc.addr
 			start := time.Now()
-			c, err := Dial(context.Background(), &o, 2)
+			c, err := Dial(context.Background(), &o, 2, 0)
 			if ne := net.Error(nil); c != nil || !errors.As(err, &ne) || time.Since(start) > 2*time.Second {
 				t.Errorf("Dial %s: got %v, %v (%T) after %s; want a net.Error", tc.addr, c, err, err, time.Since(start))
+			}
+		})
+	}
+}
+
+// TestDialUserWithoutPassword: a username without a password authenticates
+// as that user (a nopass user accepts the empty password), and a user that
+// has a password fails the dial: the connection never goes on as the default
+// user, which here needs no password and would have let it through.
+func TestDialUserWithoutPassword(t *testing.T) {
+	s := testredis.Start(t, testredis.Options{NoTCP: true})
+	c := ctl(t, s)
+	for _, acl := range [][]string{
+		{"restricted", "on", "nopass", "+ping", "+acl|whoami", "+client|id"},
+		{"haspw", "on", ">pw", "+@all", "~*"},
+		{"noclientid", "on", "nopass", "+ping"},
+	} {
+		if r := connDo(t, c, append([]string{"ACL", "SETUSER"}, acl...)...); r != "+OK\r\n" {
+			t.Fatalf("ACL SETUSER %v: %q", acl, r)
+		}
+	}
+	for _, proto := range []int{2, 3} {
+		t.Run(fmt.Sprintf("nopass/resp%d", proto), func(t *testing.T) {
+			o := opts(s)
+			o.Username = "restricted"
+			uc, err := Dial(context.Background(), &o, proto, 0)
+			if err != nil {
+				t.Fatalf("Dial: %v", err)
+			}
+			defer uc.Close()
+			if who := connDo(t, uc, "ACL", "WHOAMI"); who != "$10\r\nrestricted\r\n" {
+				t.Errorf("ACL WHOAMI: %q, want restricted", who)
+			}
+			if r := connDo(t, uc, "GET", "k"); !strings.HasPrefix(r, "-NOPERM") {
+				t.Errorf("GET as restricted: %q, want NOPERM", r)
+			}
+		})
+		t.Run(fmt.Sprintf("haspw/resp%d", proto), func(t *testing.T) {
+			o := opts(s)
+			o.Username = "haspw"
+			uc, err := Dial(context.Background(), &o, proto, 0)
+			cmd := map[int]string{2: "AUTH", 3: "HELLO"}[proto]
+			var re *ReplyError
+			if !errors.As(err, &re) || re.Command != cmd || !strings.HasPrefix(re.Reply, "WRONGPASS") {
+				if uc != nil {
+					t.Errorf("connected as %q", connDo(t, uc, "ACL", "WHOAMI"))
+					uc.Close()
+				}
+				t.Fatalf("Dial: %v (%T); want a *ReplyError from %s: WRONGPASS", err, err, cmd)
+			}
+		})
+		// An ACL user may not be allowed CLIENT ID: it connects, and its
+		// connections' ids are unknown (0).
+		t.Run(fmt.Sprintf("noclientid/resp%d", proto), func(t *testing.T) {
+			o := opts(s)
+			o.Username = "noclientid"
+			uc, err := Dial(context.Background(), &o, proto, 0)
+			if err != nil {
+				t.Fatalf("Dial: %v", err)
+			}
+			defer uc.Close()
+			if r := connDo(t, uc, "PING"); r != "+PONG\r\n" || uc.id != 0 {
+				t.Errorf("PING: %q, id %d", r, uc.id)
+			}
+			if r := connDo(t, uc, "ACL", "WHOAMI"); !strings.HasPrefix(r, "-NOPERM") {
+				t.Errorf("ACL WHOAMI as noclientid: %q, want NOPERM", r)
 			}
 		})
 	}
@@ -262,7 +328,10 @@ func TestPoolBackoff(t *testing.T) {
 	do := func() (string, time.Duration) {
 		b := &Batch{Cmds: [][]byte{cmd("ECHO", "a"), cmd("PING"), cmd("INCR", "n")}}
 		start := time.Now()
-		p.Do(2, b)
+		p.Do(2, 0, b)
+		if b.Lost {
+			t.Errorf("batch lost: %q", b.Out)
+		}
 		return string(b.Out), time.Since(start)
 	}
 	retry := func() (time.Time, time.Duration) {
@@ -275,7 +344,7 @@ func TestPoolBackoff(t *testing.T) {
 	}
 	for outage := 1; outage <= 2; outage++ {
 		s.Stop()
-		waitFor(t, 3*time.Second, "dead shared connection", func() bool { return !p.shared[0][0].m.Load().alive() })
+		waitFor(t, 3*time.Second, "dead shared connection", func() bool { return !sharedMux(p, 2, 0, 0).alive() })
 		for attempt := 1; ; attempt++ {
 			out, d := do() // dials and fails
 			lines := strings.SplitAfter(out, "\r\n")
@@ -340,14 +409,14 @@ func TestAnnounceOnce(t *testing.T) {
 			}
 			for _, proto := range []int{2, 3} { // one shared dial each
 				b := &Batch{Cmds: [][]byte{cmd("PING")}}
-				if p.Do(proto, b); string(b.Out) != "+PONG\r\n" {
+				if p.Do(proto, 0, b); string(b.Out) != "+PONG\r\n" {
 					t.Fatalf("Do resp%d: %q", proto, b.Out)
 				}
 			}
 			sk := &sink{}
-			pc1, pc2 := sk.pin(t, p, 2), sk.pin(t, p, 3) // two pinned dials
-			pc1.Unpin(Broken)
-			pc2.Unpin(Broken)
+			d1, d2 := sk.dedicate(t, p, 2, 0), sk.dedicate(t, p, 3, 0) // two dedicated dials
+			d1.Release()
+			d2.Release()
 			if e := logs.entries(t, msg); len(e) != 1 {
 				t.Errorf("%d %q lines after 4 dials, want 1", len(e), msg)
 			} else if e[0]["level"] != "warn" || e[0]["loopback"] != true || e[0]["tls"] != false ||
@@ -368,12 +437,12 @@ func TestSharedManyClients(t *testing.T) {
 			var b Batch
 			for i := range batches {
 				echo := fmt.Sprintf("c%d-b%d", g, i)
-				b.Reset()
+				b.Cmds, b.Out = b.Cmds[:0], b.Out[:0]
 				b.Cmds = append(b.Cmds, cmd("INCR", "counter"), cmd("ECHO", echo), cmd("INCRBY", "counter", "2"))
-				p.Do(proto, &b)
-				rs, err := splitReplies(b.Out)
-				if err != nil || len(rs) != 3 || rs[1] != fmt.Sprintf("$%d\r\n%s\r\n", len(echo), echo) {
-					t.Errorf("client %d batch %d (resp%d): replies %q, %v", g, i, proto, rs, err)
+				p.Do(proto, 0, &b)
+				rs, err := frames(b.Out)
+				if err != nil || b.Lost || len(rs) != 3 || rs[1] != fmt.Sprintf("$%d\r\n%s\r\n", len(echo), echo) {
+					t.Errorf("client %d batch %d (resp%d): replies %q (lost %t), %v", g, i, proto, rs, b.Lost, err)
 					return
 				}
 				n1, err1 := strconv.Atoi(strings.Trim(rs[0], ":\r\n"))
@@ -391,84 +460,114 @@ func TestSharedManyClients(t *testing.T) {
 	}
 }
 
-func TestPinUnpinState(t *testing.T) {
-	s := testredis.Start(t, testredis.Options{Password: "secret", NoTCP: true})
-	for _, tc := range []struct {
-		proto int
-		null  string
-	}{{2, "$-1\r\n"}, {3, "_\r\n"}} {
-		t.Run(fmt.Sprintf("resp%d", tc.proto), func(t *testing.T) {
-			o := opts(s)
-			o.DB = 3
-			p, _ := newPool(t, o, Limits{MaxShared: 1, MaxIdle: 1, MaxPinned: 2})
-			sk := &sink{}
-			pc := sk.pin(t, p, tc.proto)
-			id := sk.do(t, pc, cmd("CLIENT", "ID"))[0]
-			if rs := sk.do(t, pc, cmd("CLIENT", "SETNAME", "x"), cmd("SELECT", "5")); rs[0] != "+OK\r\n" || rs[1] != "+OK\r\n" {
-				t.Fatalf("SETNAME, SELECT: %q", rs)
-			}
-			pc.Unpin(Dirty)
-			if n := idleCount(p, tc.proto); n != 1 {
-				t.Fatalf("%d idle connections after Unpin(Dirty), want 1", n)
-			}
+// TestPoolByDatabase: shared connections are kept per database, and a
+// database Redis refused is refused again, and so is every higher one,
+// without dialing.
+func TestPoolByDatabase(t *testing.T) {
+	s, p, _ := setup(t, Limits{MaxShared: 1, MaxIdle: 1, MaxPinned: 1})
+	c := ctl(t, s)
+	do := func(proto, db int, args ...string) string {
+		t.Helper()
+		b := &Batch{Cmds: [][]byte{cmd(args...)}}
+		p.Do(proto, db, b)
+		if b.Lost {
+			t.Fatalf("Do(%d, %d, %v) lost", proto, db, args)
+		}
+		return string(b.Out)
+	}
+	for _, proto := range []int{2, 3} {
+		k := fmt.Sprintf("k%d", proto)
+		if r := do(proto, 3, "SET", k, "v"); r != "+OK\r\n" {
+			t.Fatalf("SET in db 3 (resp%d): %q", proto, r)
+		}
+		connDo(t, c, "SELECT", "3")
+		if r := connDo(t, c, "GET", k); r != "$1\r\nv\r\n" {
+			t.Errorf("GET %s in db 3: %q, want v", k, r)
+		}
+		connDo(t, c, "SELECT", "0")
+		if r := connDo(t, c, "EXISTS", k); r != ":0\r\n" {
+			t.Errorf("EXISTS %s in db 0: %q, want 0", k, r)
+		}
+	}
+	if m := sharedMux(p, 2, 3, 0); m == nil || field(clientInfo(t, c, m.c.id), "db") != "3" {
+		t.Errorf("shared connection for (2, 3): %v", m)
+	}
 
-			pc = sk.pin(t, p, tc.proto)
-			if got := sk.do(t, pc, cmd("CLIENT", "ID"))[0]; got != id {
-				t.Fatalf("CLIENT ID %q after re-pin, want the same connection %q", got, id)
-			}
-			if got := sk.do(t, pc, cmd("CLIENT", "GETNAME"))[0]; got != tc.null {
-				t.Errorf("CLIENT GETNAME after Unpin(Dirty): %q, want %q", got, tc.null)
-			}
-			info := sk.do(t, pc, cmd("CLIENT", "INFO"))[0]
-			for k, want := range map[string]string{"db": "3", "resp": strconv.Itoa(tc.proto), "name": "", "user": "default"} {
-				if got := field(info, k); got != want {
-					t.Errorf("CLIENT INFO after Unpin(Dirty): %s=%s, want %s", k, got, want)
-				}
-			}
-
-			// A clean unpin while a reply is owed closes the connection.
-			numID, c := strings.Trim(id, ":\r\n"), ctl(t, s)
-			pc.Queue(cmd("BLPOP", "k", "0"))
-			if err := pc.Flush(1); err != nil {
-				t.Fatal(err)
-			}
-			waitFor(t, 3*time.Second, "blocked BLPOP", func() bool {
-				return field(connDo(t, c, "CLIENT", "LIST", "ID", numID), "cmd") == "blpop"
-			})
-			pc.Unpin(Clean)
-			if n := idleCount(p, tc.proto); n != 0 {
-				t.Errorf("%d idle connections after Unpin(Clean) with a reply owed, want 0", n)
-			}
-			waitFor(t, 3*time.Second, "blocked client gone from CLIENT LIST", func() bool {
-				return field(connDo(t, c, "CLIENT", "LIST", "ID", numID), "id") == "<missing>"
-			})
-			select {
-			case err := <-sk.fails:
-				t.Errorf("onFail(%v) on a deliberate Unpin", err)
-			default:
-			}
-		})
+	received := func() int { return infoInt(t, c, "stats", "total_connections_received") }
+	before := received()
+	if err := p.CheckDB(99); err != nil {
+		t.Fatalf("CheckDB(99) before Redis said anything: %v", err)
+	}
+	const refused = "-ERR upstream unavailable: SELECT: ERR DB index is out of range\r\n"
+	if r := do(2, 99, "PING"); r != refused {
+		t.Errorf("PING in db 99: %q, want %q", r, refused)
+	}
+	if n := received() - before; n != 1 {
+		t.Errorf("%d connections for the first use of db 99, want 1", n)
+	}
+	for _, db := range []int{99, 100, 1 << 30, -1} {
+		if err := p.CheckDB(db); err != ErrBadDB {
+			t.Errorf("CheckDB(%d): %v, want ErrBadDB", db, err)
+		}
+	}
+	if r := do(3, 100, "PING"); r != refused {
+		t.Errorf("PING in db 100: %q, want %q", r, refused)
+	}
+	sk := &sink{}
+	if d, err := p.Dedicate(context.Background(), 2, 100, "t", sk.toClient, sk.onFail); !errors.Is(err, ErrBadDB) {
+		t.Errorf("Dedicate in db 100: %v, %v; want ErrBadDB", d, err)
+	}
+	if n := received() - before; n != 1 {
+		t.Errorf("%d connections after db 100 was refused, want 1: CheckDB dialed", n)
+	}
+	if err := p.CheckDB(15); err != nil {
+		t.Errorf("CheckDB(15): %v", err)
+	}
+	// A refused SELECT is no outage: no backoff.
+	if r := do(2, 15, "PING"); r != "+PONG\r\n" {
+		t.Errorf("PING in db 15 right after the refusal: %q", r)
 	}
 }
 
-func TestPinnedNoticesRedisGone(t *testing.T) {
-	s, p, _ := setup(t, Limits{MaxShared: 1, MaxIdle: 1, MaxPinned: 1})
+// TestDedicateBadDBKeepsIdle: leasing a connection in a database Redis
+// refuses leaves the idle connections alone.
+func TestDedicateBadDBKeepsIdle(t *testing.T) {
+	t.Skip("bug: lease closes every idle connection whose SELECT is refused (see report)")
+	_, p, _ := setup(t, Limits{MaxShared: 1, MaxIdle: 2, MaxPinned: 3})
 	sk := &sink{}
-	pc := sk.pin(t, p, 2)
-	if r := sk.do(t, pc, cmd("PING")); r[0] != "+PONG\r\n" {
-		t.Fatalf("PING: %q", r)
+	d1, d2 := sk.dedicate(t, p, 2, 0), sk.dedicate(t, p, 2, 0)
+	d1.Release()
+	d2.Release()
+	if n := idleCount(p, 2); n != 2 {
+		t.Fatalf("%d idle connections, want 2", n)
 	}
-	s.Stop()
-	select {
-	case err := <-sk.fails:
-		if err == nil {
-			t.Error("onFail(nil)")
-		}
-	case <-time.After(3 * time.Second):
-		t.Fatal("onFail not called within 3s of Redis stopping")
+	if _, err := p.Dedicate(context.Background(), 2, 99, "t", sk.toClient, sk.onFail); err == nil {
+		t.Fatal("Dedicate in db 99 succeeded")
 	}
-	if pc.Unpin(Clean); idleCount(p, 2) != 0 {
-		t.Error("failed connection pooled")
+	if n := idleCount(p, 2); n != 2 {
+		t.Errorf("%d idle connections after a refused SELECT 99, want 2", n)
+	}
+}
+
+// TestSelectNotAllowed: a SELECT that Redis refuses for another reason than
+// a missing database (here an ACL that does not allow SELECT) does not make
+// the pool believe the database does not exist.
+func TestSelectNotAllowed(t *testing.T) {
+	t.Skip("bug: dial records any SELECT error as a database that does not exist (see report)")
+	s := testredis.Start(t, testredis.Options{NoTCP: true})
+	if r := connDo(t, ctl(t, s), "ACL", "SETUSER", "noselect", "on", "nopass", "+@all", "-select", "~*"); r != "+OK\r\n" {
+		t.Fatalf("ACL SETUSER: %q", r)
+	}
+	o := opts(s)
+	o.Username = "noselect"
+	p, _ := newPool(t, o, Limits{MaxShared: 1, MaxPinned: 1})
+	b := &Batch{Cmds: [][]byte{cmd("PING")}}
+	p.Do(2, 1, b)
+	if !strings.Contains(string(b.Out), "NOPERM") {
+		t.Errorf("PING in db 1 as a user without SELECT: %q, want NOPERM", b.Out)
+	}
+	if err := p.CheckDB(1); err != nil {
+		t.Errorf("CheckDB(1) after NOPERM: %v; Redis never said db 1 does not exist", err)
 	}
 }
 
@@ -478,23 +577,29 @@ func TestMaxPinned(t *testing.T) {
 	o.DialTimeout = 200 * time.Millisecond
 	p, _ := newPool(t, o, Limits{MaxShared: 1, MaxIdle: 1, MaxPinned: 1})
 	sk := &sink{}
-	pc := sk.pin(t, p, 2)
+	d := sk.dedicate(t, p, 2, 0)
 	start := time.Now()
-	_, err := p.Pin(context.Background(), 2, sk.toClient, sk.onFail)
+	_, err := p.Dedicate(context.Background(), 2, 0, "t", sk.toClient, sk.onFail)
 	if !errors.Is(err, ErrPinnedExhausted) || time.Since(start) > 2*time.Second {
-		t.Errorf("second Pin: %v after %s, want ErrPinnedExhausted", err, time.Since(start))
+		t.Errorf("second Dedicate: %v after %s, want ErrPinnedExhausted", err, time.Since(start))
 	}
-	pc.Unpin(Clean)
-	pc = sk.pin(t, p, 2)
-	defer pc.Unpin(Clean)
-	if r := sk.do(t, pc, cmd("PING")); r[0] != "+PONG\r\n" {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := p.Dedicate(ctx, 2, 0, "t", sk.toClient, sk.onFail); !errors.Is(err, context.Canceled) {
+		t.Errorf("Dedicate with a cancelled context: %v", err)
+	}
+	d.Release()
+	d = sk.dedicate(t, p, 2, 0)
+	defer d.Release()
+	d.Send(cmd("PING"), EffectNone, 0)
+	if r := sk.settle(t, d); r != "+PONG\r\n" {
 		t.Errorf("PING: %q", r)
 	}
 }
 
 func TestHealthy(t *testing.T) {
 	s, p, _ := setup(t, Limits{MaxShared: 1, MaxIdle: 1, MaxPinned: 1})
-	c, err := p.dial(2)
+	c, err := p.dial(2, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -506,9 +611,12 @@ func TestHealthy(t *testing.T) {
 			t.Fatalf("PING after healthy(): %q", r)
 		}
 	}
-	id := connDo(t, c, "CLIENT", "ID")
+	id := c.id
+	if r := connDo(t, c, "CLIENT", "ID"); r != fmt.Sprintf(":%d\r\n", id) {
+		t.Fatalf("CLIENT ID %q, Conn.id %d", r, id)
+	}
 	p.putIdle(c)
-	if r := connDo(t, ctl(t, s), "CLIENT", "KILL", "ID", strings.Trim(id, ":\r\n")); r != ":1\r\n" {
+	if r := connDo(t, ctl(t, s), "CLIENT", "KILL", "ID", strconv.FormatInt(id, 10)); r != ":1\r\n" {
 		t.Fatalf("CLIENT KILL: %q", r)
 	}
 	for deadline := time.Now().Add(2 * time.Second); c.healthy() && time.Now().Before(deadline); {
@@ -517,30 +625,11 @@ func TestHealthy(t *testing.T) {
 	if c.healthy() {
 		t.Errorf("connection still healthy() 2s after CLIENT KILL")
 	}
-	// Pin must skip the dead idle connection and dial a new one.
+	// Dedicate must skip the dead idle connection and dial a new one.
 	sk := &sink{}
-	pc := sk.pin(t, p, 2)
-	defer pc.Unpin(Clean)
-	if got := sk.do(t, pc, cmd("CLIENT", "ID"))[0]; got == id {
-		t.Errorf("Pin reused the killed connection %s", id)
-	}
-}
-
-// TestQuiesceWaitsForForwarding: Quiesce promises that every owed reply has
-// reached toClient, so what the session writes next comes after it.
-func TestQuiesceWaitsForForwarding(t *testing.T) {
-	_, p, _ := setup(t, Limits{MaxShared: 1, MaxIdle: 1, MaxPinned: 1})
-	sk := &sink{delay: 300 * time.Millisecond}
-	pc := sk.pin(t, p, 2)
-	defer pc.Unpin(Clean)
-	pc.Queue(cmd("PING"))
-	if err := pc.Flush(1); err != nil {
-		t.Fatal(err)
-	}
-	if err := pc.Quiesce(); err != nil {
-		t.Fatal(err)
-	}
-	if got := sk.take(); got != "+PONG\r\n" {
-		t.Errorf("after Quiesce the client has %q, want +PONG: Quiesce returned before the reply was forwarded", got)
+	d := sk.dedicate(t, p, 2, 0)
+	defer d.Release()
+	if d.ID() == id {
+		t.Errorf("Dedicate reused the killed connection %d", id)
 	}
 }

@@ -1,0 +1,490 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/tlsproxy/tlsproxy/internal/syncbuf"
+	"github.com/tlsproxy/tlsproxy/internal/testredis"
+	"github.com/tlsproxy/tlsproxy/proxy/config"
+)
+
+// Helpers for safety_test.go: byte-level conversations with Redis directly and
+// through the proxy, read frame by frame with a RESP reader that knows
+// nothing of the proxy's own scanner.
+
+// safetyReplyWait bounds how long a test waits for one reply that should come
+// promptly (it is a "does not hang" bound, not a latency assertion).
+const safetyReplyWait = 10 * time.Second
+
+// safetyPeer is one connection (to Redis directly or through the proxy) with
+// a buffered reader for whole RESP frames.
+type safetyPeer struct {
+	name string // "direct" or "proxy", for messages
+	c    net.Conn
+	r    *bufio.Reader
+}
+
+// safetyDirect opens a plain TCP connection straight to the test Redis.
+func safetyDirect(t testing.TB, e *proxyEnv) *safetyPeer {
+	t.Helper()
+	return safetyDial(t, e.redis.Addr)
+}
+
+// safetyDial opens a plain TCP connection to a Redis at addr.
+func safetyDial(t testing.TB, addr string) *safetyPeer {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &safetyPeer{name: "direct", c: c, r: bufio.NewReaderSize(c, 64<<10)}
+}
+
+// safetyProxy opens a mutual-TLS connection through the proxy.
+func safetyProxy(t testing.TB, e *proxyEnv) *safetyPeer {
+	t.Helper()
+	c := e.rawConn(t)
+	return &safetyPeer{name: "proxy", c: c, r: bufio.NewReaderSize(c, 64<<10)}
+}
+
+func (p *safetyPeer) send(t testing.TB, req string) {
+	t.Helper()
+	p.c.SetWriteDeadline(time.Now().Add(safetyReplyWait))
+	if _, err := p.c.Write([]byte(req)); err != nil {
+		t.Fatalf("%s: write: %v", p.name, err)
+	}
+}
+
+// frames reads n whole RESP frames (pushes included) within limit.
+func (p *safetyPeer) frames(t testing.TB, n int, limit time.Duration) []string {
+	t.Helper()
+	got, err := p.tryFrames(n, limit)
+	if err != nil {
+		t.Fatalf("%s: reading %d replies: %v; got %q", p.name, n, err, got)
+	}
+	return got
+}
+
+func (p *safetyPeer) tryFrames(n int, limit time.Duration) ([]string, error) {
+	p.c.SetReadDeadline(time.Now().Add(limit))
+	defer p.c.SetReadDeadline(time.Time{})
+	var got []string
+	for len(got) < n {
+		f, err := readFrame(p.r)
+		if err != nil {
+			return got, err
+		}
+		got = append(got, f)
+	}
+	return got, nil
+}
+
+// closed reports whether the peer closes the connection within limit with
+// nothing more to say; extra bytes are returned.
+func (p *safetyPeer) closed(limit time.Duration) (bool, string) {
+	p.c.SetReadDeadline(time.Now().Add(limit))
+	defer p.c.SetReadDeadline(time.Time{})
+	b, err := io.ReadAll(p.r)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return false, string(b)
+	}
+	return true, string(b)
+}
+
+// expectClosed fails unless the peer closes the connection promptly and
+// sends nothing more.
+func (p *safetyPeer) expectClosed(t testing.TB) {
+	t.Helper()
+	ok, extra := p.closed(safetyReplyWait)
+	if !ok {
+		t.Fatalf("%s: connection still open after %s (then received %q)", p.name, safetyReplyWait, extra)
+	}
+	if extra != "" {
+		t.Fatalf("%s: received %q before the close, want nothing", p.name, extra)
+	}
+}
+
+// expectOpen fails if the peer closed the connection or sent anything
+// within a short grace period.
+func (p *safetyPeer) expectOpen(t testing.TB) {
+	t.Helper()
+	p.c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	defer p.c.SetReadDeadline(time.Time{})
+	b := make([]byte, 256)
+	n, err := p.r.Read(b)
+	if n > 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("%s: want an open, quiet connection; read %q, %v", p.name, b[:n], err)
+	}
+}
+
+// safetyConverse sends each write in reqs, in order, to Redis directly and
+// through the proxy, reads n frames from each and returns both. Each write
+// is a separate Write call.
+func safetyConverse(t testing.TB, e *proxyEnv, n int, reqs ...string) (direct, proxied []string) {
+	t.Helper()
+	d, p := safetyDirect(t, e), safetyProxy(t, e)
+	for _, r := range reqs {
+		d.send(t, r)
+		p.send(t, r)
+	}
+	return d.frames(t, n, safetyReplyWait), p.frames(t, n, safetyReplyWait)
+}
+
+// safetySame fails unless the proxy's replies equal Redis's, byte for byte.
+func safetySame(t testing.TB, what string, direct, proxied []string) {
+	t.Helper()
+	if strings.Join(direct, "") != strings.Join(proxied, "") {
+		t.Fatalf("%s:\n direct: %q\n  proxy: %q", what, direct, proxied)
+	}
+}
+
+// readFrame reads one RESP2/RESP3 frame, returning its raw bytes.
+func readFrame(r *bufio.Reader) (string, error) {
+	var b strings.Builder
+	err := readFrameInto(r, &b)
+	return b.String(), err
+}
+
+func readFrameInto(r *bufio.Reader, b *strings.Builder) error {
+	line, err := r.ReadString('\n')
+	b.WriteString(line)
+	if err != nil {
+		return err
+	}
+	if len(line) < 3 || line[len(line)-2] != '\r' {
+		return fmt.Errorf("malformed RESP line %q", line)
+	}
+	body := line[1 : len(line)-2]
+	switch line[0] {
+	case '+', '-', ':', '_', '#', ',', '(':
+		return nil
+	case '$', '!', '=':
+		n, err := strconv.Atoi(body)
+		if err != nil {
+			return fmt.Errorf("bad length in %q", line)
+		}
+		if n < 0 {
+			return nil
+		}
+		buf := make([]byte, n+2)
+		k, err := io.ReadFull(r, buf)
+		b.Write(buf[:k])
+		return err
+	case '*', '~', '>', '%', '|':
+		n, err := strconv.Atoi(body)
+		if err != nil {
+			return fmt.Errorf("bad length in %q", line)
+		}
+		if line[0] == '%' || line[0] == '|' {
+			n *= 2
+		}
+		for range max(n, 0) {
+			if err := readFrameInto(r, b); err != nil {
+				return err
+			}
+		}
+		if line[0] == '|' { // an attribute precedes the reply it describes
+			return readFrameInto(r, b)
+		}
+		return nil
+	}
+	return fmt.Errorf("unknown RESP type in %q", line)
+}
+
+// safetyHello3 switches a raw peer to RESP3 and returns HELLO's reply.
+func safetyHello3(t testing.TB, p *safetyPeer) string {
+	t.Helper()
+	p.send(t, cmd("HELLO", "3"))
+	return p.frames(t, 1, safetyReplyWait)[0]
+}
+
+// safetyHelloID returns the "id" field of a RESP3 HELLO reply.
+func safetyHelloID(t testing.TB, hello string) string {
+	t.Helper()
+	_, after, ok := strings.Cut(hello, "$2\r\nid\r\n:")
+	if !ok {
+		t.Fatalf("no id in HELLO reply %q", hello)
+	}
+	id, _, _ := strings.Cut(after, "\r\n")
+	return id
+}
+
+// safetyHeapInuse returns the heap in use after two garbage collections.
+func safetyHeapInuse() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapInuse
+}
+
+// safetyServe starts a proxy for upstreamURL like startProxy, but returns
+// proxy.New's error instead of failing, and hands the test the stop function
+// (what SIGTERM does in cmd/tlsproxy: cancel Serve's context) and a channel
+// that receives Serve's result.
+func safetyServe(t testing.TB, p *pki, upstreamURL string, edit func(*config.Config)) (e *proxyEnv, stop context.CancelFunc, done <-chan error, err error) {
+	t.Helper()
+	cfg := config.Default()
+	cfg.Listen.Address = "127.0.0.1:0"
+	cfg.Listen.TLS.CertFile, cfg.Listen.TLS.KeyFile, cfg.Listen.TLS.ClientCAFile = p.certFile, p.keyFile, p.caFile
+	cfg.Upstream.URL = upstreamURL
+	cfg.Upstream.ReadTimeout = 5 * time.Second
+	if edit != nil {
+		edit(&cfg)
+	}
+	logs := &syncbuf.Buffer{}
+	srv, err := New(cfg, zerolog.New(logs).Level(zerolog.DebugLevel))
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.Listen.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := make(chan error, 1)
+	go func() { ch <- srv.Serve(ctx, ln) }()
+	t.Cleanup(cancel)
+	return &proxyEnv{pki: p, addr: ln.Addr().String(), logs: logs, srv: srv}, cancel, ch, nil
+}
+
+// safetyInfoField returns one field of a CLIENT INFO / CLIENT LIST line.
+func safetyInfoField(line, field string) string {
+	for _, kv := range strings.Fields(line) {
+		if v, ok := strings.CutPrefix(kv, field+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// safetyTLS dials the proxy with cfg (for clients the harness does not
+// build, e.g. without a certificate).
+func safetyTLS(t testing.TB, addr string, cfg *tls.Config) *safetyPeer {
+	t.Helper()
+	c, err := tls.Dial("tcp", addr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &safetyPeer{name: "proxy", c: c, r: bufio.NewReaderSize(c, 64<<10)}
+}
+
+// safetyChildEnv makes TestHelperSafetyProxyProcess run a proxy instead of
+// returning at once.
+const safetyChildEnv = "TLSPROXY_SAFETY_CHILD"
+
+// TestHelperSafetyProxyProcess is not a test: it is the child process of
+// safetyChildProxy. It starts Redis and a proxy, prints where they are and
+// the client credentials, and serves until its stdin closes.
+func TestHelperSafetyProxyProcess(t *testing.T) {
+	if os.Getenv(safetyChildEnv) != "1" {
+		return
+	}
+	e := startPlain(t, nil)
+	read := func(path string) string {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	b, _ := json.Marshal(safetyChildInfo{
+		Addr: e.addr, CA: read(e.pki.caFile),
+		Cert: read(e.pki.clientCertFile), Key: read(e.pki.clientKeyFile),
+	})
+	os.Stdout.WriteString("\nSAFETY-CHILD " + string(b) + "\n")
+	io.Copy(io.Discard, os.Stdin)
+}
+
+type safetyChildInfo struct{ Addr, CA, Cert, Key string }
+
+// safetyChild is a proxy running in a child process, so that a crash is
+// observed by the test rather than killing the test binary.
+type safetyChild struct {
+	addr   string
+	tls    *tls.Config
+	cmd    *exec.Cmd
+	stderr strings.Builder
+	mu     sync.Mutex
+	exited chan struct{}
+}
+
+func safetyChildProxy(t *testing.T) *safetyChild {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperSafetyProxyProcess$", "-test.count=1")
+	cmd.Env = append(os.Environ(), safetyChildEnv+"=1")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &safetyChild{cmd: cmd, exited: make(chan struct{})}
+	cmd.Stderr = &safetyLockedWriter{mu: &c.mu, w: &c.stderr}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		stdin.Close()
+		select {
+		case <-c.exited:
+		case <-time.After(15 * time.Second):
+			cmd.Process.Kill()
+			<-c.exited
+		}
+	})
+	lines := make(chan string, 1)
+	var rest strings.Builder
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(nil, 1<<20)
+		for sc.Scan() {
+			if l, ok := strings.CutPrefix(sc.Text(), "SAFETY-CHILD "); ok {
+				lines <- l
+				continue
+			}
+			c.mu.Lock()
+			rest.WriteString(sc.Text() + "\n")
+			c.mu.Unlock()
+		}
+		cmd.Wait()
+		c.mu.Lock()
+		c.stderr.WriteString(rest.String())
+		c.mu.Unlock()
+		close(c.exited)
+	}()
+	var info safetyChildInfo
+	select {
+	case l := <-lines:
+		if err := json.Unmarshal([]byte(l), &info); err != nil {
+			t.Fatal(err)
+		}
+	case <-c.exited:
+		t.Fatalf("child proxy exited during start-up:\n%s", c.output())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("child proxy did not start:\n%s", c.output())
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM([]byte(info.CA))
+	cert, err := tls.X509KeyPair([]byte(info.Cert), []byte(info.Key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.addr = info.Addr
+	c.tls = &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, ServerName: "127.0.0.1"}
+	return c
+}
+
+func (c *safetyChild) output() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stderr.String()
+}
+
+// alive fails the test if the child proxy has exited. A client that saw
+// its connection drop calls it first: the process may be on its way out, so
+// it waits a little for the exit.
+func (c *safetyChild) alive(t *testing.T, after string) {
+	t.Helper()
+	select {
+	case <-c.exited:
+		out := c.output()
+		if len(out) > 3000 {
+			out = out[:3000]
+		}
+		t.Fatalf("the proxy process died after %s:\n%s", after, out)
+	case <-time.After(2 * time.Second):
+	}
+}
+
+type safetyLockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (w *safetyLockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.w.Write(p)
+}
+
+// safetyStart starts a redis-server with extra arguments and a proxy in
+// front of it.
+func safetyStart(t testing.TB, redisArgs []string, edit func(*config.Config)) *proxyEnv {
+	t.Helper()
+	rs := testredis.Start(t, testredis.Options{Args: redisArgs})
+	e := startProxy(t, newPKI(t), "redis://"+rs.Addr, edit)
+	e.redis = rs
+	return e
+}
+
+// safetyOwnValues runs one goroutine per peer; each writes and reads back
+// its own values iters times (SET then GET in one write) and checks that
+// every reply is its own. It returns the first violation.
+func safetyOwnValues(peers []*safetyPeer, prefix string, iters int) error {
+	errs := make(chan error, len(peers))
+	var wg sync.WaitGroup
+	for i, p := range peers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			key := fmt.Sprintf("%s:own:%d", prefix, i)
+			for n := range iters {
+				val := fmt.Sprintf("%s-client%d-value%d", prefix, i, n)
+				p.c.SetWriteDeadline(time.Now().Add(safetyReplyWait))
+				if _, err := p.c.Write([]byte(cmd("SET", key, val) + cmd("GET", key))); err != nil {
+					errs <- fmt.Errorf("client %d: write: %v", i, err)
+					return
+				}
+				got, err := p.tryFrames(2, safetyReplyWait)
+				want := []string{"+OK\r\n", fmt.Sprintf("$%d\r\n%s\r\n", len(val), val)}
+				if err != nil || got[0] != want[0] || got[1] != want[1] {
+					errs <- fmt.Errorf("client %d, round %d: got %q (%v), want its own %q", i, n, got, err, want)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
+
+// safetyPeers opens n connections through the proxy, each switched to
+// protocol proto.
+func safetyPeers(t testing.TB, e *proxyEnv, n, proto int) []*safetyPeer {
+	t.Helper()
+	var ps []*safetyPeer
+	for range n {
+		p := safetyProxy(t, e)
+		if proto == 3 {
+			safetyHello3(t, p)
+		}
+		ps = append(ps, p)
+	}
+	return ps
+}
+
+// safetyBulk is the RESP2 bulk string reply for s.
+func safetyBulk(s string) string { return fmt.Sprintf("$%d\r\n%s\r\n", len(s), s) }

@@ -1,0 +1,579 @@
+package upstream
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+)
+
+// Effect is what a command sent on a dedicated connection may do to the
+// connection's state. The state changes only when Redis's reply confirms it:
+// a MULTI answered with an error did not start a transaction, a DISCARD
+// answered "without MULTI" ended nothing.
+type Effect uint8
+
+const (
+	// EffectNone: one reply, nothing to track.
+	EffectNone Effect = iota
+	// EffectMulti: a transaction starts when Redis says +OK.
+	EffectMulti
+	// EffectExec and EffectDiscard end the transaction and every WATCH,
+	// unless Redis refused them (EXECABORT ends them too).
+	EffectExec
+	EffectDiscard
+	// EffectWatch and EffectUnwatch start and end watching keys.
+	EffectWatch
+	EffectUnwatch
+	// EffectSelect: the connection is now in database arg.
+	EffectSelect
+	// EffectHello: the connection now speaks protocol arg (0: unchanged).
+	EffectHello
+	// EffectSetName: the connection has a name (RESET clears it).
+	EffectSetName
+	// EffectSticky: state the proxy does not track (CLIENT NO-EVICT, DEBUG,
+	// an unknown command, ...): the connection is closed, never reused.
+	EffectSticky
+	// EffectUncounted: from here on Redis may send data that is not a
+	// reply to anything (RESP2 subscriptions, MONITOR, CLIENT REPLY OFF), so
+	// replies can no longer be counted. The connection is never reused.
+	EffectUncounted
+	// EffectReset: RESET returns the connection to a new connection's state
+	// (RESP2, database 0, the default user), which the pool then sets up
+	// again before anyone else uses it.
+	EffectReset
+	// EffectAbortExec: the command is a DISCARD sent in place of a client's
+	// EXEC after the proxy refused a command inside the transaction. The
+	// client gets EXECABORT, as Redis answers when it rejected a command
+	// while queuing.
+	EffectAbortExec
+)
+
+// State is what the proxy knows of a dedicated connection, learned from
+// Redis's replies.
+type State struct {
+	Proto, DB  int
+	Multi      bool // inside MULTI
+	Watching   bool // WATCH is active
+	Named      bool
+	Sticky     bool // state the proxy does not track
+	Uncounted  bool // replies can no longer be counted
+	NeedsSetUp bool // a RESET logged the connection out
+}
+
+// Clean reports whether the connection holds nothing of its client's: it can
+// serve another session as it is (after SELECT when the database differs).
+func (s State) Clean() bool {
+	return !s.Multi && !s.Watching && !s.Named && !s.Sticky && !s.Uncounted && !s.NeedsSetUp
+}
+
+type expect struct {
+	effect Effect
+	arg    int
+	hide   bool   // the reply is the proxy's own: not forwarded
+	local  []byte // a reply the proxy makes: written when it reaches the head
+	fence  bool   // the reply to the session's fence PING: swallowed
+}
+
+// Dedicated is a connection to Redis leased to one client session. It owns
+// the connection's state, the replies owed on it and its release; while the
+// session holds it, its reader goroutine is the only writer to the client,
+// so every reply, pushed frame and proxy-made reply reaches the client in
+// the order the client's commands were sent.
+type Dedicated struct {
+	pool *Pool
+	c    *Conn
+	// toClient writes to the client. It is called with mu held.
+	toClient func([]byte) error
+	// onFail is called from the reader when the connection fails.
+	onFail func(error)
+	fence  []byte // the session's fence PING command
+	fenceR [2][]byte
+
+	wbuf writeBuf
+
+	mu       sync.Mutex
+	queue    []expect
+	state    State
+	head     [16]byte // the first bytes of the reply being read
+	headN    int
+	quiet    chan struct{} // signalled when the queue empties
+	exited   chan struct{}
+	err      error // why the reader stopped
+	stopping bool
+	quitting bool
+}
+
+// Dedicate leases a dedicated connection for a session speaking proto in
+// database db. token makes the session's fence unforgeable.
+func (p *Pool) Dedicate(ctx context.Context, proto, db int, token string, toClient func([]byte) error, onFail func(error)) (*Dedicated, error) {
+	c, err := p.lease(ctx, proto, db)
+	if err != nil {
+		return nil, err
+	}
+	d := &Dedicated{
+		pool:     p,
+		c:        c,
+		toClient: toClient,
+		onFail:   onFail,
+		state:    State{Proto: proto, DB: db},
+		quiet:    make(chan struct{}, 1),
+		exited:   make(chan struct{}),
+	}
+	d.fence = appendCommand(nil, "PING", token)
+	// PING's reply: a bulk string, or in a RESP2 subscribed context an array.
+	d.fenceR[0] = appendBulk(nil, token)
+	d.fenceR[1] = appendBulk(appendBulk([]byte("*2\r\n"), "pong"), token)
+	go d.readLoop()
+	return d, nil
+}
+
+// ID is Redis's CLIENT ID of the connection.
+func (d *Dedicated) ID() int64 { return d.c.id }
+
+// Send queues a command for the next Flush and records the reply it is owed.
+// Once replies are uncounted, nothing is recorded.
+func (d *Dedicated) Send(cmd []byte, e Effect, arg int) {
+	d.wbuf.add(cmd)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if e == EffectUncounted {
+		d.queue = append(d.queue, expect{effect: e})
+		return
+	}
+	if d.uncountedLocked() {
+		if e == EffectSticky {
+			d.state.Sticky = true
+		}
+		return
+	}
+	d.queue = append(d.queue, expect{effect: e, arg: arg})
+}
+
+// SendHidden queues a command of the proxy's own, whose reply the client
+// does not see (the session's CLIENT SETNAME on a new dedicated connection).
+func (d *Dedicated) SendHidden(cmd []byte, e Effect) {
+	d.wbuf.add(cmd)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.queue = append(d.queue, expect{effect: e, hide: true})
+}
+
+// Quit queues QUIT: Redis answers and closes the connection, and the reader
+// ends without calling onFail when it does.
+func (d *Dedicated) Quit(cmd []byte) {
+	d.Send(cmd, EffectNone, 0)
+	d.mu.Lock()
+	d.quitting = true
+	d.mu.Unlock()
+}
+
+// uncountedLocked reports whether a command sent now gets no recorded reply:
+// replies became uncountable, or will once the queue reaches that point.
+func (d *Dedicated) uncountedLocked() bool {
+	if d.state.Uncounted {
+		return true
+	}
+	for _, e := range d.queue {
+		if e.effect == EffectUncounted {
+			return true
+		}
+	}
+	return false
+}
+
+// Reply writes a reply the proxy makes itself after every reply owed before
+// it. When replies are uncounted, a fence PING marks the place: its reply is
+// swallowed and the proxy's reply written in its stead.
+func (d *Dedicated) Reply(b []byte) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.queue) == 0 && !d.state.Uncounted {
+		return d.toClient(b)
+	}
+	if d.uncountedLocked() {
+		d.wbuf.add(d.fence)
+		d.queue = append(d.queue, expect{fence: true})
+	}
+	d.queue = append(d.queue, expect{local: append([]byte(nil), b...)})
+	return nil
+}
+
+// Sync makes the queue wait for the replies to every command sent so far,
+// even uncounted ones, so that Idle means they have all been written to the
+// client.
+func (d *Dedicated) Sync() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.uncountedLocked() {
+		d.wbuf.add(d.fence)
+		d.queue = append(d.queue, expect{fence: true})
+	}
+}
+
+// Flush writes the queued commands.
+func (d *Dedicated) Flush() error {
+	if d.wbuf.empty() {
+		return nil
+	}
+	d.c.nc.SetWriteDeadline(time.Now().Add(d.c.opts.WriteTimeout))
+	err := d.wbuf.writeTo(d.c.nc)
+	if err != nil {
+		d.c.Close()
+	}
+	return err
+}
+
+// Idle reports whether every reply owed has been written to the client.
+func (d *Dedicated) Idle() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.queue) == 0
+}
+
+// Quiet is signalled when the queue of owed replies empties.
+func (d *Dedicated) Quiet() <-chan struct{} { return d.quiet }
+
+// Exited is closed when the reader has stopped.
+func (d *Dedicated) Exited() <-chan struct{} { return d.exited }
+
+// State returns what the proxy knows of the connection.
+func (d *Dedicated) State() State {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.state
+}
+
+// Release stops the reader and gives the connection back: to the pool as it
+// is when it holds nothing of the client's, after RESET and the set-up when
+// it holds state RESET clears, and closed otherwise (replies owed, replies
+// uncountable, state the proxy does not track, or a failure).
+func (d *Dedicated) Release() {
+	d.mu.Lock()
+	d.stopping = true
+	owed := len(d.queue) > 0
+	d.mu.Unlock()
+	if owed {
+		d.c.Close() // Redis unblocks a blocked command of a closed client
+	}
+	d.c.nc.SetReadDeadline(time.Now()) // wake the reader
+	<-d.exited
+	d.c.nc.SetReadDeadline(time.Time{})
+	st := d.state
+	mode := Clean
+	switch {
+	case owed || d.err != nil || st.Sticky || st.Uncounted || d.c.scan.InReply() || d.c.r != d.c.w:
+		mode = Broken
+	case !st.Clean():
+		mode = Dirty
+	}
+	d.c.proto, d.c.db = st.Proto, st.DB
+	if st.NeedsSetUp {
+		d.c.db = d.pool.opts.DB
+	}
+	d.pool.release(d.c, mode)
+}
+
+var errStopped = errors.New("stopped")
+
+func (d *Dedicated) readLoop() {
+	err := d.forward()
+	d.mu.Lock()
+	quit := d.quitting && (errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed))
+	if d.stopping || errors.Is(err, errStopped) || quit {
+		err = nil
+	}
+	if quit {
+		d.state.Sticky = true // closed by Redis
+	}
+	d.err = err
+	close(d.exited)
+	d.mu.Unlock()
+	if err != nil || quit {
+		d.onFail(err)
+	}
+}
+
+// forward reads the connection for as long as the session holds it, even
+// when no reply is owed, so Redis going away is noticed at once.
+func (d *Dedicated) forward() error {
+	c := d.c
+	for {
+		if c.r == c.w {
+			c.r, c.w = 0, 0
+		}
+		if err := c.fill(); err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() && d.isStopping() {
+				return errStopped
+			}
+			return err
+		}
+		d.mu.Lock()
+		err := d.process()
+		d.mu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
+}
+
+func (d *Dedicated) isStopping() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.stopping
+}
+
+// process forwards what the buffer holds, frame by frame, and keeps the
+// queue of owed replies in step. It runs with mu held, and leaves in the
+// buffer only a partial header line (or a possible partial fence).
+func (d *Dedicated) process() error {
+	c := d.c
+	start := c.r // bytes from start to c.r are to be forwarded
+	flush := func() error {
+		if c.r > start {
+			if err := d.toClient(c.buf[start:c.r]); err != nil {
+				return err
+			}
+		}
+		start = c.r
+		return nil
+	}
+	for {
+		if err := d.writeLocals(flush); err != nil {
+			return err
+		}
+		p := c.buf[c.r:c.w]
+		if len(p) == 0 {
+			break
+		}
+		if d.state.Uncounted && !c.scan.InReply() {
+			if d.headIsFence() {
+				f, partial := d.matchFence(p)
+				if partial {
+					break // wait for the rest before deciding
+				}
+				if f > 0 {
+					if err := flush(); err != nil {
+						return err
+					}
+					c.r += f
+					start = c.r
+					d.pop()
+					continue
+				}
+			}
+		}
+		if c.scan.AtPush(p) {
+			n, _, err := c.scan.ScanPush(p)
+			if err != nil {
+				return err
+			}
+			c.r += n
+			if n == 0 {
+				break
+			}
+			continue
+		}
+		if d.state.Uncounted {
+			n, _, err := c.scan.Scan(p, 1)
+			if err != nil {
+				return err
+			}
+			c.r += n
+			if n == 0 {
+				break
+			}
+			continue
+		}
+		if len(d.queue) == 0 {
+			return errors.New("reply from Redis that no command asked for")
+		}
+		e := d.queue[0]
+		if !c.scan.InReply() {
+			d.headN = 0
+		}
+		if d.headN < len(d.head) {
+			d.headN += copy(d.head[d.headN:], p)
+		}
+		replace := e.effect == EffectAbortExec || e.hide
+		if replace {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		n, done, err := c.scan.Scan(p, 1)
+		if err != nil {
+			return err
+		}
+		c.r += n
+		if replace {
+			start = c.r // the DISCARD's reply is not the client's
+		}
+		if done == 1 {
+			if e.effect == EffectAbortExec {
+				if err := d.toClient(d.abortReply()); err != nil {
+					return err
+				}
+			}
+			d.apply(e, d.head[:d.headN])
+			d.pop()
+			continue
+		}
+		if n == 0 {
+			break
+		}
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	if len(d.queue) == 0 {
+		select {
+		case d.quiet <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+
+// writeLocals writes the proxy-made replies at the head of the queue, and
+// switches to uncounted replies when that point of the queue is reached.
+func (d *Dedicated) writeLocals(flush func() error) error {
+	for len(d.queue) > 0 {
+		e := d.queue[0]
+		switch {
+		case e.local != nil:
+			if err := flush(); err != nil {
+				return err
+			}
+			if err := d.toClient(e.local); err != nil {
+				return err
+			}
+		case e.effect == EffectUncounted:
+			d.state.Uncounted = true
+		default:
+			return nil
+		}
+		d.pop()
+	}
+	return nil
+}
+
+func (d *Dedicated) pop() {
+	d.queue[0] = expect{}
+	d.queue = d.queue[1:]
+	if len(d.queue) == 0 {
+		d.queue = nil
+	}
+}
+
+func (d *Dedicated) headIsFence() bool { return len(d.queue) > 0 && d.queue[0].fence }
+
+// matchFence reports the length of the fence reply at the start of p (0 if
+// p starts with something else), or partial when p is too short to tell.
+func (d *Dedicated) matchFence(p []byte) (n int, partial bool) {
+	for _, f := range d.fenceR {
+		if len(p) < len(f) {
+			if bytes.HasPrefix(f, p) {
+				return 0, true
+			}
+			continue
+		}
+		if bytes.HasPrefix(p, f) {
+			return len(f), false
+		}
+	}
+	return 0, false
+}
+
+// apply records what a reply says about the connection's state; head holds
+// the reply's first bytes.
+func (d *Dedicated) apply(e expect, head []byte) {
+	st := &d.state
+	isErr := len(head) > 0 && (head[0] == '-' || head[0] == '!')
+	if isErr {
+		if e.effect == EffectExec && bytes.HasPrefix(head, []byte("-EXECABORT")) {
+			st.Multi, st.Watching = false, false
+		}
+		return
+	}
+	if st.Multi {
+		// Queued inside MULTI: its effect comes at EXEC, unknown here.
+		switch e.effect {
+		case EffectExec, EffectDiscard, EffectAbortExec, EffectReset:
+		case EffectSelect, EffectHello, EffectSetName, EffectSticky:
+			st.Sticky = true
+			return
+		default:
+			return
+		}
+	}
+	switch e.effect {
+	case EffectMulti:
+		st.Multi = true
+	case EffectExec, EffectDiscard, EffectAbortExec:
+		st.Multi, st.Watching = false, false
+	case EffectWatch:
+		st.Watching = true
+	case EffectUnwatch:
+		st.Watching = false
+	case EffectSelect:
+		st.DB = e.arg
+	case EffectHello:
+		if e.arg != 0 {
+			st.Proto = e.arg
+		}
+	case EffectSetName:
+		st.Named = true
+	case EffectSticky:
+		st.Sticky = true
+	case EffectReset:
+		sticky := st.Sticky
+		*st = State{Proto: 2, DB: 0, NeedsSetUp: true, Sticky: sticky}
+	}
+}
+
+// abortReply is what the client's EXEC gets in place of the DISCARD's reply:
+// EXECABORT when the DISCARD ended a transaction, else what Redis answers to
+// EXEC without MULTI.
+func (d *Dedicated) abortReply() []byte {
+	if d.headN > 0 && d.head[0] == '+' {
+		return []byte("-EXECABORT Transaction discarded because of previous errors.\r\n")
+	}
+	return []byte("-ERR EXEC without MULTI\r\n")
+}
+
+func appendBulk(dst []byte, s string) []byte {
+	dst = append(dst, '$')
+	dst = appendInt(dst, len(s))
+	dst = append(dst, '\r', '\n')
+	dst = append(dst, s...)
+	return append(dst, '\r', '\n')
+}
+
+func appendInt(dst []byte, n int) []byte {
+	var b [20]byte
+	i := len(b)
+	for {
+		i--
+		b[i] = byte('0' + n%10)
+		n /= 10
+		if n == 0 {
+			break
+		}
+	}
+	return append(dst, b[i:]...)
+}
+
+func appendCommand(dst []byte, args ...string) []byte {
+	dst = append(dst, '*')
+	dst = appendInt(dst, len(args))
+	dst = append(dst, '\r', '\n')
+	for _, a := range args {
+		dst = appendBulk(dst, a)
+	}
+	return dst
+}
