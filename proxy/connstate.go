@@ -172,6 +172,12 @@ func (s *session) tracking(req resp.Request) bool {
 	return s.onDedicated(req, upstream.EffectSticky, 0, failCommand)
 }
 
+var replyEffects = map[commands.ReplyMode]upstream.Effect{
+	commands.ReplyOn:   upstream.EffectReplyOn,
+	commands.ReplyOff:  upstream.EffectReplyOff,
+	commands.ReplySkip: upstream.EffectReplySkip,
+}
+
 // clientReply serves CLIENT REPLY. OFF and SKIP leave replies that can no
 // longer be counted: a dedicated connection for the rest of the session.
 func (s *session) clientReply(req resp.Request) bool {
@@ -185,9 +191,9 @@ func (s *session) clientReply(req resp.Request) bool {
 		s.reply([]byte("+OK\r\n"))
 		return true
 	}
-	e := upstream.EffectUncounted
-	if errText != "" || m == commands.ReplyOn {
-		e = upstream.EffectNone
+	e := upstream.EffectNone // Redis answers an error and changes nothing
+	if errText == "" {
+		e = replyEffects[m]
 	}
 	return s.onDedicated(req, e, 0, failCommand)
 }

@@ -25,7 +25,7 @@ const (
 func (s *session) dispatch(req resp.Request) bool {
 	args := req.Args
 	route := commands.Classify(args)
-	if s.failTx {
+	if s.failTx && route != commands.Quit && route != commands.Reset {
 		s.replyError(errNoDedicated)
 		if route == commands.Exec || route == commands.Discard {
 			s.failTx = false

@@ -122,19 +122,6 @@ func (p *safetyPeer) expectClosed(t testing.TB) {
 	}
 }
 
-// expectOpen fails if the peer closed the connection or sent anything
-// within a short grace period.
-func (p *safetyPeer) expectOpen(t testing.TB) {
-	t.Helper()
-	p.c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
-	defer p.c.SetReadDeadline(time.Time{})
-	b := make([]byte, 256)
-	n, err := p.r.Read(b)
-	if n > 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("%s: want an open, quiet connection; read %q, %v", p.name, b[:n], err)
-	}
-}
-
 // safetyConverse sends each write in reqs, in order, to Redis directly and
 // through the proxy, reads n frames from each and returns both. Each write
 // is a separate Write call.
@@ -488,3 +475,92 @@ func safetyPeers(t testing.TB, e *proxyEnv, n, proto int) []*safetyPeer {
 
 // safetyBulk is the RESP2 bulk string reply for s.
 func safetyBulk(s string) string { return fmt.Sprintf("$%d\r\n%s\r\n", len(s), s) }
+
+// safetyExhausted starts a proxy with one dedicated connection, held by a
+// client blocked in BLPOP.
+func safetyExhausted(t *testing.T) *proxyEnv {
+	t.Helper()
+	e := startPlain(t, func(c *config.Config) {
+		c.Upstream.Pool.MaxPinned = 1
+		c.Upstream.DialTimeout = 300 * time.Millisecond
+	})
+	holder := safetyProxy(t, e)
+	holder.send(t, cmd("BLPOP", "exhausted:q", "0"))
+	direct := e.direct(t)
+	waitFor(t, "the BLPOP holding the only dedicated connection", func() bool {
+		return rejInfoInt(t, direct, "clients", "blocked_clients") == 1
+	})
+	return e
+}
+
+// safetyErrorsOrClose reads n replies and fails unless each is an error or
+// the connection closes before (or instead of) it.
+func safetyErrorsOrClose(t *testing.T, c *safetyPeer, n int, what string) {
+	t.Helper()
+	got, err := c.tryFrames(n, safetyReplyWait)
+	for _, r := range got {
+		if !strings.HasPrefix(r, "-") {
+			t.Fatalf("%s: replies %q, want only errors (or a closed connection)", what, got)
+		}
+	}
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("%s: %q, then nothing for %s", what, got, safetyReplyWait)
+	}
+}
+
+// safetyLogLines returns the proxy's log lines (JSON objects) that
+// contain text, with their raw form.
+func safetyLogLines(t testing.TB, e *proxyEnv, text string) (lines []map[string]any, raw []string) {
+	t.Helper()
+	for _, l := range strings.Split(e.logs.String(), "\n") {
+		if l == "" || !strings.Contains(l, text) {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("log line is not JSON: %q: %v", l, err)
+		}
+		lines, raw = append(lines, m), append(raw, l)
+	}
+	return lines, raw
+}
+
+// safetyCounters runs one goroutine per peer; each INCRs its own counter n
+// times and checks every reply. It returns the first violation.
+func safetyCounters(peers []*safetyPeer, prefix string, n int) error {
+	errs := make(chan error, len(peers))
+	var wg sync.WaitGroup
+	for i, p := range peers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			key := fmt.Sprintf("%s:counter:%d", prefix, i)
+			for k := 1; k <= n; k++ {
+				p.c.SetWriteDeadline(time.Now().Add(safetyReplyWait))
+				if _, err := p.c.Write([]byte(cmd("INCR", key))); err != nil {
+					errs <- fmt.Errorf("client %d: write: %v", i, err)
+					return
+				}
+				if got, err := p.tryFrames(1, safetyReplyWait); err != nil || got[0] != ":"+strconv.Itoa(k)+"\r\n" {
+					errs <- fmt.Errorf("client %d: INCR #%d: %q, %v", i, k, got, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
+
+// safetyCheckCounters fails unless every counter of safetyCounters ran
+// exactly n times in Redis.
+func safetyCheckCounters(t *testing.T, e *proxyEnv, prefix string, peers, n int) {
+	t.Helper()
+	direct := e.direct(t)
+	for i := range peers {
+		if v, err := direct.Get(context.Background(), fmt.Sprintf("%s:counter:%d", prefix, i)).Int(); err != nil || v != n {
+			t.Errorf("counter %d in Redis = %d (%v), want %d", i, v, err, n)
+		}
+	}
+}

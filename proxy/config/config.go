@@ -58,6 +58,9 @@ type Upstream struct {
 	PasswordFile string        `mapstructure:"password_file"`
 	TLS          UpstreamTLS   `mapstructure:"tls"`
 	DialTimeout  time.Duration `mapstructure:"dial_timeout"`
+	// ReadTimeout bounds the wait for a reply on a shared connection; 0, the
+	// default, waits as long as Redis takes, as a direct client would (a
+	// CLIENT PAUSE, FAILOVER or slow script must not fail other clients).
 	ReadTimeout  time.Duration `mapstructure:"read_timeout"`
 	WriteTimeout time.Duration `mapstructure:"write_timeout"`
 	Pool         Pool          `mapstructure:"pool"`
@@ -115,7 +118,7 @@ func Default() Config {
 		Upstream: Upstream{
 			URL:          "redis://127.0.0.1:6379",
 			DialTimeout:  5 * time.Second,
-			ReadTimeout:  10 * time.Second,
+			ReadTimeout:  0,
 			WriteTimeout: 10 * time.Second,
 			Pool:         Pool{MaxSize: 2, MinIdle: 1, MaxIdle: 16, MaxPinned: 256},
 		},
@@ -291,6 +294,11 @@ func (c Config) Validate() error {
 			add(key, "must be a positive duration such as 5s, got %s", d)
 		}
 	}
+	notNegative := func(key string, d time.Duration) {
+		if d < 0 {
+			add(key, "must be 0 (no limit) or a positive duration such as 30s, got %s", d)
+		}
+	}
 
 	l := c.Listen
 	if l.Address == "" {
@@ -318,7 +326,7 @@ func (c Config) Validate() error {
 
 	u := c.Upstream
 	positive("upstream.dial_timeout", u.DialTimeout)
-	positive("upstream.read_timeout", u.ReadTimeout)
+	notNegative("upstream.read_timeout", u.ReadTimeout)
 	positive("upstream.write_timeout", u.WriteTimeout)
 	if u.Pool.MaxSize < 1 {
 		add("upstream.pool.max_size", "must be at least 1, got %d", u.Pool.MaxSize)

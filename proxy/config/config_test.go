@@ -41,7 +41,7 @@ func TestDefault(t *testing.T) {
 	if c.Listen.Address != "127.0.0.1:6380" || c.Listen.HandshakeTimeout != 5*time.Second ||
 		c.Listen.MaxRequestBytes != 536870912 || c.Listen.TLS.ClientAuth != "require" ||
 		c.Listen.TLS.MinVersion != "1.2" || c.Upstream.URL != "redis://127.0.0.1:6379" ||
-		c.Upstream.DialTimeout != 5*time.Second || c.Upstream.ReadTimeout != 10*time.Second ||
+		c.Upstream.DialTimeout != 5*time.Second || c.Upstream.ReadTimeout != 0 ||
 		c.Upstream.WriteTimeout != 10*time.Second ||
 		c.Upstream.Pool != (Pool{MaxSize: 2, MinIdle: 1, MaxIdle: 16, MaxPinned: 256}) ||
 		c.Log != (Log{Level: "info", Format: "json"}) {

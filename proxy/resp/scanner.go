@@ -297,6 +297,19 @@ func (s *Scanner) line(b []byte) (int, bool) {
 			return 1, true
 		}
 	}
+	// Most lines are short (+OK, :1): look at their bytes directly before
+	// leaving long lines to the vectorised bytes.IndexByte.
+	for ; i < len(b) && i < 32; i++ {
+		if b[i] == '\r' {
+			if i+1 == len(b) {
+				s.lineCR = true
+				return i + 1, false
+			}
+			if b[i+1] == '\n' {
+				return i + 2, true
+			}
+		}
+	}
 	for {
 		j := bytes.IndexByte(b[i:], '\r')
 		if j < 0 {
@@ -373,21 +386,4 @@ func parseLength(b []byte) (int64, bool) {
 		}
 	}
 	return n, true
-}
-
-// validInteger reports whether b is an optionally signed, non-empty run of
-// decimal digits (of any magnitude, since big numbers share the syntax).
-func validInteger(b []byte) bool {
-	if len(b) > 0 && (b[0] == '-' || b[0] == '+') {
-		b = b[1:]
-	}
-	if len(b) == 0 {
-		return false
-	}
-	for _, c := range b {
-		if c < '0' || c > '9' {
-			return false
-		}
-	}
-	return true
 }

@@ -74,7 +74,7 @@ func Dial(ctx context.Context, o *Options, proto, db int) (*Conn, error) {
 		tc := tls.Client(nc, o.TLS)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			nc.Close()
-			return nil, fmt.Errorf("tls handshake with %s: %w", o.Address, err)
+			return nil, fmt.Errorf("tls handshake: %w", err)
 		}
 		nc = tc
 	}
@@ -213,7 +213,7 @@ func (c *Conn) fill() error {
 // reset clears the state a client left on the connection with RESET and
 // runs the set-up again, so the connection can serve another client.
 func (c *Conn) reset() error {
-	c.nc.SetDeadline(time.Now().Add(c.opts.ReadTimeout))
+	c.nc.SetDeadline(time.Now().Add(c.opts.DialTimeout))
 	defer c.nc.SetDeadline(time.Time{})
 	// RESET returns the connection to RESP2, database 0 and the default user.
 	return c.setUp([]string{"RESET"}, c.proto, c.db)
@@ -221,7 +221,7 @@ func (c *Conn) reset() error {
 
 // selectDB moves an idle connection to another database.
 func (c *Conn) selectDB(db int) error {
-	c.nc.SetDeadline(time.Now().Add(c.opts.ReadTimeout))
+	c.nc.SetDeadline(time.Now().Add(c.opts.DialTimeout))
 	defer c.nc.SetDeadline(time.Time{})
 	cmd := redcon.AppendArray(nil, 2)
 	cmd = redcon.AppendBulkString(cmd, "SELECT")

@@ -41,6 +41,13 @@ const (
 	// reply to anything (RESP2 subscriptions, MONITOR, CLIENT REPLY OFF), so
 	// replies can no longer be counted. The connection is never reused.
 	EffectUncounted
+	// EffectReplyOff, EffectReplySkip and EffectReplyOn are CLIENT REPLY
+	// OFF, SKIP and ON: Redis stops answering (OFF), skips the next reply
+	// (SKIP), or answers again. OFF and SKIP leave replies uncounted, and a
+	// reply the proxy makes while Redis would answer nothing is dropped.
+	EffectReplyOff
+	EffectReplySkip
+	EffectReplyOn
 	// EffectReset: RESET returns the connection to a new connection's state
 	// (RESP2, database 0, the default user), which the pool then sets up
 	// again before anyone else uses it.
@@ -94,6 +101,10 @@ type Dedicated struct {
 	fenceR [2][]byte
 
 	wbuf writeBuf
+	// What Redis will do with the next reply, as of the commands sent so
+	// far (CLIENT REPLY); only the session's goroutine uses these.
+	repliesOff bool
+	skipNext   bool
 
 	mu       sync.Mutex
 	queue    []expect
@@ -138,6 +149,18 @@ func (d *Dedicated) ID() int64 { return d.c.id }
 // Once replies are uncounted, nothing is recorded.
 func (d *Dedicated) Send(cmd []byte, e Effect, arg int) {
 	d.wbuf.add(cmd)
+	d.skipNext = false
+	switch e {
+	case EffectReplyOff:
+		d.repliesOff, e = true, EffectUncounted
+	case EffectReplySkip:
+		d.skipNext, e = !d.repliesOff, EffectUncounted
+	case EffectReplyOn, EffectReset:
+		d.repliesOff = false
+	}
+	if e == EffectReplyOn {
+		e = EffectNone
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if e == EffectUncounted {
@@ -189,6 +212,10 @@ func (d *Dedicated) uncountedLocked() bool {
 // it. When replies are uncounted, a fence PING marks the place: its reply is
 // swallowed and the proxy's reply written in its stead.
 func (d *Dedicated) Reply(b []byte) error {
+	if d.repliesOff || d.skipNext {
+		d.skipNext = false
+		return nil // Redis would answer nothing here
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if len(d.queue) == 0 && !d.state.Uncounted {
@@ -208,7 +235,7 @@ func (d *Dedicated) Reply(b []byte) error {
 func (d *Dedicated) Sync() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.uncountedLocked() {
+	if d.uncountedLocked() && !d.repliesOff && !d.skipNext {
 		d.wbuf.add(d.fence)
 		d.queue = append(d.queue, expect{fence: true})
 	}

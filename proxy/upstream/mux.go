@@ -3,6 +3,7 @@ package upstream
 import (
 	"errors"
 	"net"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -31,8 +32,8 @@ type Batch struct {
 
 	chunks chan []byte
 	owed   int // replies still owed
-	done chan struct{}
-	mux  *mux
+	done   chan struct{}
+	mux    *mux
 }
 
 // drainChunks hands Stream a piece the reader passed just before it
@@ -100,10 +101,20 @@ func (b *Batch) fail(err error) {
 }
 
 // AppendUnavailable appends the error a client sees when Redis cannot be
-// reached.
+// reached. It says why without naming the upstream address: a network error
+// is reduced to its cause ("connect: connection refused"); the log has the
+// whole error.
 func AppendUnavailable(dst []byte, err error) []byte {
 	msg := "unknown error"
-	if err != nil {
+	var oe *net.OpError
+	switch {
+	case errors.As(err, &oe) && oe.Err != nil:
+		msg = oe.Op + ": " + oe.Err.Error()
+		var se *os.SyscallError
+		if errors.As(oe.Err, &se) {
+			msg = oe.Op + ": " + se.Err.Error()
+		}
+	case err != nil:
 		msg = err.Error()
 	}
 	dst = append(dst, "-ERR upstream unavailable: "...)
@@ -368,6 +379,9 @@ func (m *mux) dropPush() {
 func (m *mux) read() error {
 	c := m.c
 	timeout := c.opts.ReadTimeout
+	if timeout <= 0 {
+		return c.fill() // no limit, as for a direct client
+	}
 	for {
 		c.nc.SetReadDeadline(time.Now().Add(timeout))
 		err := c.fill()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,7 +15,7 @@ import (
 
 // Limits bound the connections a Pool keeps to Redis.
 type Limits struct {
-	MaxShared int // multiplexed connections per protocol version
+	MaxShared int // multiplexed connections per protocol version and database
 	MinIdle   int // idle connections kept ready for pinned sessions
 	MaxIdle   int // idle connections kept after pinned sessions end
 	MaxPinned int // dedicated connections leased at once
@@ -205,11 +206,27 @@ func (p *Pool) lease(ctx context.Context, proto, db int) (*Conn, error) {
 		if c == nil {
 			break
 		}
-		if c.healthy() && (c.db == db || c.selectDB(db) == nil) {
-			p.noteLeased(c)
-			return c, nil
+		if !c.healthy() {
+			c.Close()
+			continue
 		}
-		c.Close()
+		if c.db != db {
+			err := c.selectDB(db)
+			var re *ReplyError
+			if errors.As(err, &re) {
+				// Redis refused the database; the connection is fine.
+				p.putIdle(c)
+				<-p.pinned
+				p.noteBadDB(db, re)
+				return nil, err
+			}
+			if err != nil {
+				c.Close()
+				continue
+			}
+		}
+		p.noteLeased(c)
+		return c, nil
 	}
 	c, err := p.dial(proto, db)
 	if err != nil {
@@ -223,6 +240,21 @@ func (p *Pool) lease(ctx context.Context, proto, db int) (*Conn, error) {
 func (p *Pool) noteLeased(c *Conn) {
 	if c.id != 0 {
 		p.leased.Store(c.id, struct{}{})
+	}
+}
+
+// noteBadDB remembers that Redis has no database db, when that is what it
+// said (a user without the right to SELECT gets NOPERM instead, which says
+// nothing about the database).
+func (p *Pool) noteBadDB(db int, re *ReplyError) {
+	if db <= 0 || !strings.HasPrefix(re.Reply, "ERR DB index is out of range") {
+		return
+	}
+	for {
+		bad := p.minBadDB.Load()
+		if int64(db) >= bad || p.minBadDB.CompareAndSwap(bad, int64(db)) {
+			return
+		}
 	}
 }
 
@@ -306,14 +338,9 @@ func (p *Pool) dial(proto, db int) (*Conn, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var re *ReplyError
-	if errors.As(err, &re) && re.Command == "SELECT" && db > 0 {
-		// Redis is there; it has no such database.
-		for {
-			bad := p.minBadDB.Load()
-			if int64(db) >= bad || p.minBadDB.CompareAndSwap(bad, int64(db)) {
-				break
-			}
-		}
+	if errors.As(err, &re) && re.Command == "SELECT" {
+		// Redis is there; it refused the database.
+		p.noteBadDB(db, re)
 		return nil, err
 	}
 	if err != nil {

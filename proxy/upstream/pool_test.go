@@ -532,7 +532,6 @@ func TestPoolByDatabase(t *testing.T) {
 // TestDedicateBadDBKeepsIdle: leasing a connection in a database Redis
 // refuses leaves the idle connections alone.
 func TestDedicateBadDBKeepsIdle(t *testing.T) {
-	t.Skip("bug: lease closes every idle connection whose SELECT is refused (see report)")
 	_, p, _ := setup(t, Limits{MaxShared: 1, MaxIdle: 2, MaxPinned: 3})
 	sk := &sink{}
 	d1, d2 := sk.dedicate(t, p, 2, 0), sk.dedicate(t, p, 2, 0)
@@ -553,7 +552,6 @@ func TestDedicateBadDBKeepsIdle(t *testing.T) {
 // a missing database (here an ACL that does not allow SELECT) does not make
 // the pool believe the database does not exist.
 func TestSelectNotAllowed(t *testing.T) {
-	t.Skip("bug: dial records any SELECT error as a database that does not exist (see report)")
 	s := testredis.Start(t, testredis.Options{NoTCP: true})
 	if r := connDo(t, ctl(t, s), "ACL", "SETUSER", "noselect", "on", "nopass", "+@all", "-select", "~*"); r != "+OK\r\n" {
 		t.Fatalf("ACL SETUSER: %q", r)
