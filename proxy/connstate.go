@@ -39,13 +39,7 @@ func (s *session) hello(req resp.Request) bool {
 		return true
 	}
 	if h.HasAuth {
-		if !s.onDedicated(req, upstream.EffectSticky, 0, failSession) {
-			return false
-		}
-		if errText == "" && h.Proto != 0 {
-			s.proto = h.Proto
-		}
-		return true
+		return s.helloAuth(h, errText)
 	}
 	if errText != "" {
 		if h.SetName != nil {
@@ -157,7 +151,7 @@ func truncate(s string, n int) string {
 // a REDIRECT must name a connection some client holds, never a shared one.
 func (s *session) tracking(req resp.Request) bool {
 	t, errText := commands.ParseTracking(req.Args)
-	if t.HasRedirect && t.Redirect != 0 && !s.srv.pool.IsLeased(t.Redirect) {
+	if t.HasRedirect && t.Redirect != 0 && !s.srv.isLeased(t.Redirect) {
 		s.replyError(errRedirectOther)
 		return true
 	}

@@ -6,6 +6,7 @@ package proxy
 import (
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"time"
 )
@@ -85,8 +86,9 @@ type dfScript struct {
 	sessions []dfSession
 }
 
-// dfConn models what Redis tracks per connection that changes how many
-// replies (not counting RESP3 pushes) a command gets.
+// dfConn models the state Redis keeps per connection that changes how many
+// replies (not counting RESP3 pushes) a command gets, and whether tracking
+// is on (which the mix needs to know).
 type dfConn struct {
 	proto int
 	subs  map[string]bool // subscribed channels
@@ -240,10 +242,15 @@ func (g *dfGen) session(budget *int) dfSession {
 	}
 }
 
-// plan splits the batch into writes and sometimes cuts it.
+// plan splits the batch into writes and sometimes cuts it, more often when
+// it may leave the client blocked.
 func (g *dfGen) plan(b *dfBatch, closes bool) {
 	n := len(b.bytes())
-	if g.mix == mixFull && !closes && g.rng.IntN(40) == 0 {
+	odds := 40
+	if slices.ContainsFunc(b.steps, func(s dfStep) bool { return s.args != nil && blocking[strings.ToLower(s.args[0])] }) {
+		odds = 6
+	}
+	if g.mix == mixFull && !closes && g.rng.IntN(odds) == 0 {
 		b.cut = g.rng.IntN(n + 1)
 		if g.rng.IntN(2) == 0 {
 			b.cut = n // everything written; close while replies (or a block) are owed
@@ -517,6 +524,9 @@ func (g *dfGen) pubsub() []dfStep {
 	}
 	return steps
 }
+
+// blocking are the commands of the mix that may block.
+var blocking = map[string]bool{"blpop": true, "brpop": true, "blmove": true, "blmpop": true, "xread": true}
 
 // blocking draws a blocking command with a short timeout, on an empty key
 // (it times out) or after a push (it returns at once).

@@ -67,7 +67,7 @@ func (s *session) dispatch(req resp.Request) bool {
 	case commands.Watch:
 		return s.onDedicated(req, upstream.EffectWatch, 0, failContext)
 	case commands.Auth:
-		return s.onDedicated(req, upstream.EffectSticky, 0, failSession)
+		return s.auth(req)
 	case commands.Blocking:
 		return s.onDedicated(req, upstream.EffectNone, 0, failCommand)
 	case commands.Subscribe:
@@ -237,7 +237,7 @@ func (s *session) selectDB(req resp.Request) bool {
 		s.replyError("ERR value is not an integer or out of range")
 		return true
 	}
-	if err := s.srv.pool.CheckDB(db); err != nil {
+	if err := s.pool.CheckDB(db); err != nil {
 		s.replyError(err.(*upstream.ReplyError).Reply)
 		return true
 	}

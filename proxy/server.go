@@ -23,7 +23,8 @@ type Server struct {
 	cfg       config.Config
 	log       zerolog.Logger
 	tlsConfig *tls.Config
-	pool      *upstream.Pool
+	pool      *upstream.Pool // as the configured upstream user
+	users     sync.Map       // user name -> *upstream.Pool, made for clients' AUTH
 	defaultDB int
 	rejects   *rejectLog
 
@@ -169,7 +170,7 @@ func (s *Server) untrack(nc net.Conn) {
 }
 
 // shutdown closes every client connection, waits for the sessions to end
-// and closes the upstream pool.
+// and closes the upstream pools.
 func (s *Server) shutdown() {
 	s.mu.Lock()
 	s.closed = true
@@ -179,5 +180,9 @@ func (s *Server) shutdown() {
 	s.mu.Unlock()
 	s.sessions.Wait()
 	s.pool.Close()
+	s.users.Range(func(_, v any) bool {
+		v.(*upstream.Pool).Close()
+		return true
+	})
 	s.log.Info().Msg("stopped")
 }

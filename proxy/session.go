@@ -56,6 +56,7 @@ type session struct {
 	db    int    // as set by SELECT
 	name  []byte // as set by CLIENT SETNAME or HELLO SETNAME
 
+	pool      *upstream.Pool // the configured user's, or the one the client's AUTH chose
 	ded       *upstream.Dedicated
 	inMulti   bool // MULTI sent on ded, EXEC or DISCARD not yet
 	txAborted bool // a command was refused inside that MULTI
@@ -72,6 +73,7 @@ func newSession(srv *Server, conn *tls.Conn, id tlsconf.Identity) *session {
 		token: "tlsproxy-fence-" + hex.EncodeToString(tok[:]),
 		proto: 2,
 		db:    srv.defaultDB,
+		pool:  srv.pool,
 		log:   srv.log.With().Str("remote", conn.RemoteAddr().String()).Object("identity", id).Logger(),
 	}
 	s.rd = resp.NewRequestReader(conn, srv.cfg.Listen.MaxRequestBytes, maxBulkLen)
@@ -133,7 +135,7 @@ func (s *session) flushShared() {
 		return
 	}
 	s.batch.Out = s.out
-	s.srv.pool.Do(s.proto, s.db, &s.batch)
+	s.pool.Do(s.proto, s.db, &s.batch)
 	s.out = s.batch.Out
 	s.batch.Cmds = s.batch.Cmds[:0]
 	if s.batch.Lost {
@@ -188,7 +190,7 @@ func (s *session) dedicate() error {
 	if !s.writeOut() {
 		return io.ErrClosedPipe
 	}
-	d, err := s.srv.pool.Dedicate(context.Background(), s.proto, s.db, s.token, s.writeClient, s.upstreamFailed)
+	d, err := s.pool.Dedicate(context.Background(), s.proto, s.db, s.token, s.writeClient, s.upstreamFailed)
 	if err != nil {
 		s.log.Warn().Err(err).Msg("no dedicated upstream connection for the session")
 		return err

@@ -121,6 +121,46 @@ func (p *Pool) Do(proto, db int, b *Batch) {
 	m.do(b)
 }
 
+// Exchange sends one command on a shared connection of the given protocol
+// and database and returns Redis's reply. A connection that cannot be made is
+// the error: a *ReplyError when Redis refused its set-up (for a pool made
+// for a client's AUTH, the client's credentials).
+func (p *Pool) Exchange(proto, db int, cmd []byte) ([]byte, error) {
+	m, err := p.sharedConn(proto, db)
+	if err != nil {
+		return nil, err
+	}
+	b := &Batch{Cmds: [][]byte{cmd}}
+	m.do(b)
+	if b.Lost {
+		return nil, errors.New("the shared connection failed before Redis answered")
+	}
+	return b.Out, nil
+}
+
+// User is the ACL user the pool's connections log in as ("default" when
+// none is configured).
+func (p *Pool) User() string {
+	if p.opts.Username == "" {
+		return "default"
+	}
+	return p.opts.Username
+}
+
+// Password is the password the pool's connections log in with.
+func (p *Pool) Password() string { return p.opts.Password }
+
+// ForUser returns a pool like p whose connections log in as user with
+// password, for the sessions of clients that authenticated as that user.
+// It keeps no idle connections ready.
+func (p *Pool) ForUser(user, password string) *Pool {
+	o := p.opts
+	o.Username, o.Password = user, password
+	l := p.limits
+	l.MinIdle = 0
+	return NewPool(o, l, p.log.With().Str("upstream_user", user).Logger())
+}
+
 // ErrBadDB is what Redis answers to SELECT of a database it does not have.
 var ErrBadDB = &ReplyError{Command: "SELECT", Reply: "ERR DB index is out of range"}
 
