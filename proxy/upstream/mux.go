@@ -30,31 +30,40 @@ type Batch struct {
 	// the rest. It runs on the goroutine that called Do.
 	Stream func([]byte)
 
-	chunks chan []byte
-	owed   int // replies still owed
+	ready  chan struct{} // signalled when pieces holds something
+	mu     sync.Mutex
+	pieces [][]byte // replies passed to the waiting goroutine, not yet streamed
+	owed   int      // replies still owed
 	done   chan struct{}
 	mux    *mux
 }
 
-// drainChunks hands Stream a piece the reader passed just before it
-// completed the batch.
+// drainChunks hands Stream the pieces the reader passed, in order.
 func (b *Batch) drainChunks() {
-	select {
-	case c := <-b.chunks:
+	b.mu.Lock()
+	pieces := b.pieces
+	b.pieces = nil
+	b.mu.Unlock()
+	for i, c := range pieces {
 		b.Stream(c)
-	default:
+		pieces[i] = nil
 	}
 }
 
-// passChunk gives Out to the waiting goroutine when it holds enough bytes and
-// the goroutine has taken the previous piece; the reader never waits for it.
+// passChunk hands Out to the waiting goroutine once it holds streamChunk
+// bytes. The reader never waits for that goroutine: pieces it has not
+// written yet queue up, each a fixed-size buffer, so the memory held for a
+// slow client is the reply bytes in flight and no more.
 func (b *Batch) passChunk() {
-	if b.chunks == nil || len(b.Out) < streamChunk {
+	if b.ready == nil || len(b.Out) < streamChunk {
 		return
 	}
+	b.mu.Lock()
+	b.pieces = append(b.pieces, b.Out)
+	b.mu.Unlock()
+	b.Out = make([]byte, 0, streamChunk+readBufferSize)
 	select {
-	case b.chunks <- b.Out:
-		b.Out = nil
+	case b.ready <- struct{}{}:
 	default:
 	}
 }
@@ -77,8 +86,8 @@ func (b *Batch) wait() {
 		select {
 		case <-b.done:
 			return
-		case c := <-b.chunks:
-			b.Stream(c)
+		case <-b.ready:
+			b.drainChunks()
 			continue
 		case <-b.mux.exited:
 		}
@@ -180,7 +189,7 @@ func (m *mux) do(b *Batch) {
 	if b.done == nil {
 		b.done = make(chan struct{}, 1)
 		if b.Stream != nil {
-			b.chunks = make(chan []byte, 1)
+			b.ready = make(chan struct{}, 1)
 		}
 	}
 	b.owed = len(b.Cmds)
