@@ -90,7 +90,7 @@ func (s *session) authenticate(user, password []byte, cmd []byte, proto int) (re
 // auth serves AUTH [user] password.
 func (s *session) auth(req resp.Request) bool {
 	if s.ded != nil {
-		s.ded.Send(req.Raw, upstream.EffectSticky, 0)
+		s.send(req.Raw, upstream.EffectSticky, 0)
 		return true
 	}
 	args := req.Args

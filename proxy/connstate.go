@@ -35,7 +35,7 @@ func (s *session) hello(req resp.Request) bool {
 		if errText == "" && proto != 0 {
 			s.proto = proto
 		}
-		s.ded.Send(req.Raw, e, proto)
+		s.send(req.Raw, e, proto)
 		return true
 	}
 	if h.HasAuth {
@@ -105,7 +105,7 @@ func (s *session) clientName(route commands.Route, req resp.Request) {
 		if route == commands.ClientSetName && arityError(args) == "" && commands.ValidClientName(args[2]) {
 			s.name, e = nonEmpty(args[2]), upstream.EffectSetName
 		}
-		s.ded.Send(req.Raw, e, 0)
+		s.send(req.Raw, e, 0)
 		return
 	}
 	if route == commands.ClientSetInfo && commands.Lookup([]byte("client")).Sub(args[1]) == nil {

@@ -58,7 +58,7 @@ func (s *session) dispatch(req resp.Request) bool {
 			s.replyError(errWaitShared)
 			return true
 		}
-		s.ded.Send(req.Raw, upstream.EffectNone, 0)
+		s.send(req.Raw, upstream.EffectNone, 0)
 		return true
 	case commands.Exec, commands.Discard, commands.Unwatch:
 		return s.endTx(route, req)
@@ -77,8 +77,13 @@ func (s *session) dispatch(req resp.Request) bool {
 	case commands.ClientReply:
 		return s.clientReply(req)
 	}
-	// Dedicated, and anything else: state the proxy does not track.
-	return s.onDedicated(req, upstream.EffectSticky, 0, failCommand)
+	// Dedicated, and anything else: state the proxy does not track, unless
+	// Redis refuses a command the table does not know.
+	e := upstream.EffectSticky
+	if !commands.Known(args) {
+		e = upstream.EffectUnknown
+	}
+	return s.onDedicated(req, e, 0, failCommand)
 }
 
 // shared forwards a plain request/reply command: batched on a shared
@@ -87,8 +92,8 @@ func (s *session) dispatch(req resp.Request) bool {
 // in that state).
 func (s *session) shared(req resp.Request) {
 	if s.ded != nil {
-		if !s.ded.Idle() || !s.ded.State().Clean() {
-			s.ded.Send(req.Raw, upstream.EffectNone, 0)
+		if !s.ded.Idle() || !s.ded.State().Releasable() {
+			s.send(req.Raw, upstream.EffectNone, 0)
 			return
 		}
 		s.release()
@@ -121,12 +126,20 @@ func (s *session) onDedicated(req resp.Request, e upstream.Effect, arg int, f on
 			return true
 		}
 	}
-	switch e {
-	case upstream.EffectMulti:
+	if e == upstream.EffectMulti {
 		s.inMulti, s.txAborted = true, false
 	}
-	s.ded.Send(req.Raw, e, arg)
+	s.send(req.Raw, e, arg)
 	return true
+}
+
+// send forwards a command on the dedicated connection.
+func (s *session) send(cmd []byte, e upstream.Effect, arg int) {
+	switch e {
+	case upstream.EffectSticky, upstream.EffectUncounted, upstream.EffectReplyOff, upstream.EffectReplySkip:
+		s.dedForLife = true
+	}
+	s.ded.Send(cmd, e, arg)
 }
 
 func unavailable(err error) string {
@@ -156,16 +169,16 @@ func (s *session) endTx(route commands.Route, req resp.Request) bool {
 	switch route {
 	case commands.Exec:
 		if s.txAborted {
-			s.ded.Send(discardCmd, upstream.EffectAbortExec, 0)
+			s.send(discardCmd, upstream.EffectAbortExec, 0)
 		} else {
-			s.ded.Send(req.Raw, upstream.EffectExec, 0)
+			s.send(req.Raw, upstream.EffectExec, 0)
 		}
 		s.inMulti, s.txAborted = false, false
 	case commands.Discard:
-		s.ded.Send(req.Raw, upstream.EffectDiscard, 0)
+		s.send(req.Raw, upstream.EffectDiscard, 0)
 		s.inMulti, s.txAborted = false, false
 	default:
-		s.ded.Send(req.Raw, upstream.EffectUnwatch, 0)
+		s.send(req.Raw, upstream.EffectUnwatch, 0)
 	}
 	return true
 }
@@ -198,7 +211,7 @@ func (s *session) reset(req resp.Request) bool {
 		return true
 	}
 	if s.ded != nil {
-		s.ded.Send(req.Raw, upstream.EffectReset, 0)
+		s.send(req.Raw, upstream.EffectReset, 0)
 		s.ded.Sync()
 		if s.ded.Flush() != nil || !s.waitDedicated() {
 			return false
@@ -225,7 +238,7 @@ func (s *session) selectDB(req resp.Request) bool {
 		if !ok {
 			e = upstream.EffectNone // Redis refuses it: nothing changes
 		}
-		s.ded.Send(req.Raw, e, db)
+		s.send(req.Raw, e, db)
 		return true
 	}
 	if msg := arityError(args); msg != "" {

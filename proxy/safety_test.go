@@ -505,6 +505,13 @@ func TestSafetyOrdinaryClientsDoNotPin(t *testing.T) {
 			t.Fatalf("key ocp:%d in database 1: %d, %v", i, v, err)
 		}
 	}
+	// With all 50 still connected, dedicated connections are still there
+	// for the clients that need one.
+	tx := safetyProxy(t, e)
+	tx.send(t, cmd("MULTI")+cmd("INCR", "ocp:tx")+cmd("EXEC"))
+	if got := strings.Join(tx.frames(t, 3, safetyReplyWait), ""); got != "+OK\r\n+QUEUED\r\n*1\r\n:1\r\n" {
+		t.Fatalf("a transaction while the 50 clients are connected: %q", got)
+	}
 }
 
 // TestSafetyExhaustedTransaction (defect 8): when no dedicated connection
@@ -847,7 +854,7 @@ func TestSafetyLargeRepliesPipelined(t *testing.T) {
 // TestSafetyClientPauseWrite (defect 14): during CLIENT PAUSE 3000 WRITE a
 // write from one client waits for the pause; reads from another client that
 // share its connection may wait behind it, but only until the pause ends,
-// and nothing fails with the default read_timeout (10s).
+// and nothing fails with the default upstream.read_timeout.
 func TestSafetyClientPauseWrite(t *testing.T) {
 	t.Parallel()
 	e := startPlain(t, func(c *config.Config) {

@@ -57,8 +57,9 @@ type session struct {
 	name  []byte // as set by CLIENT SETNAME or HELLO SETNAME
 
 	pool      *upstream.Pool // the configured user's, or the one the client's AUTH chose
-	ded       *upstream.Dedicated
-	inMulti   bool // MULTI sent on ded, EXEC or DISCARD not yet
+	ded        *upstream.Dedicated
+	dedForLife bool // ded got a command whose state lasts (subscriptions, CLIENT NO-EVICT, ...)
+	inMulti    bool // MULTI sent on ded, EXEC or DISCARD not yet
 	txAborted bool // a command was refused inside that MULTI
 	failTx    bool // MULTI or WATCH found no dedicated connection: fail all through EXEC/DISCARD
 }
@@ -153,13 +154,29 @@ func (s *session) stream(b []byte) {
 	}
 }
 
-// finishBurst sends what the burst queued and writes the replies.
+// finishBurst sends what the burst queued and writes the replies. A
+// dedicated connection that may end the burst holding no state (a finished
+// transaction, a blocking command, a command Redis refused) is waited for,
+// watching the client, and given back at once: a client that goes idle
+// afterwards holds no dedicated connection.
 func (s *session) finishBurst() bool {
 	s.flushShared()
-	if s.ded != nil && s.ded.Flush() != nil {
+	if s.ded == nil {
+		return s.writeOut()
+	}
+	if s.ded.Flush() != nil {
 		return false
 	}
-	return s.writeOut()
+	if s.inMulti || s.dedForLife {
+		return true
+	}
+	if !s.waitDedicated() {
+		return false
+	}
+	if s.ded.State().Releasable() {
+		s.release()
+	}
+	return true
 }
 
 func (s *session) writeOut() bool {
@@ -212,7 +229,7 @@ func (s *session) release() {
 	s.ded.Release()
 	s.ded = nil
 	s.proto, s.db = st.Proto, st.DB
-	s.inMulti, s.txAborted = false, false
+	s.inMulti, s.txAborted, s.dedForLife = false, false, false
 }
 
 // waitDedicated waits until the dedicated connection has written every reply

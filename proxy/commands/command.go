@@ -173,6 +173,16 @@ func Lookup(name []byte) *Command {
 	return byName[string(fold(buf[:0], name))]
 }
 
+// Known reports whether the table knows the command args names (and its
+// subcommand, for a container command such as CLIENT).
+func Known(args [][]byte) bool {
+	c := Lookup(args[0])
+	if c == nil {
+		return false
+	}
+	return !c.container || len(args) < 2 || c.Sub(args[1]) != nil
+}
+
 // Sub returns c's subcommand called name, in any case; nil when c has no
 // such subcommand (or none at all). It allocates nothing.
 func (c *Command) Sub(name []byte) *Command {

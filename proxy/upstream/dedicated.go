@@ -37,6 +37,11 @@ const (
 	// EffectSticky: state the proxy does not track (CLIENT NO-EVICT, DEBUG,
 	// an unknown command, ...): the connection is closed, never reused.
 	EffectSticky
+	// EffectUnknown: a command the proxy's table does not know. Redis
+	// refusing it (an unknown command or subcommand, wrong arguments) changes
+	// nothing; anything else may have changed state the proxy does not
+	// track, as for EffectSticky.
+	EffectUnknown
 	// EffectUncounted: from here on Redis may send data that is not a
 	// reply to anything (RESP2 subscriptions, MONITOR, CLIENT REPLY OFF), so
 	// replies can no longer be counted. The connection is never reused.
@@ -74,7 +79,15 @@ type State struct {
 // Clean reports whether the connection holds nothing of its client's: it can
 // serve another session as it is (after SELECT when the database differs).
 func (s State) Clean() bool {
-	return !s.Multi && !s.Watching && !s.Named && !s.Sticky && !s.Uncounted && !s.NeedsSetUp
+	return s.Releasable() && !s.Named && !s.NeedsSetUp
+}
+
+// Releasable reports whether the session can leave the connection without
+// losing anything it asked Redis for: no transaction, no WATCH, nothing the
+// proxy does not track, replies still countable. (A name is the session's
+// own, kept by the proxy; RESET clears it from the connection.)
+func (s State) Releasable() bool {
+	return !s.Multi && !s.Watching && !s.Sticky && !s.Uncounted
 }
 
 type expect struct {
@@ -531,7 +544,7 @@ func (d *Dedicated) apply(e expect, head []byte) {
 		// Queued inside MULTI: its effect comes at EXEC, unknown here.
 		switch e.effect {
 		case EffectExec, EffectDiscard, EffectAbortExec, EffectReset:
-		case EffectSelect, EffectHello, EffectSetName, EffectSticky:
+		case EffectSelect, EffectHello, EffectSetName, EffectSticky, EffectUnknown:
 			st.Sticky = true
 			return
 		default:
@@ -555,7 +568,7 @@ func (d *Dedicated) apply(e expect, head []byte) {
 		}
 	case EffectSetName:
 		st.Named = true
-	case EffectSticky:
+	case EffectSticky, EffectUnknown:
 		st.Sticky = true
 	case EffectReset:
 		sticky := st.Sticky
