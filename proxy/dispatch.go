@@ -2,7 +2,7 @@ package proxy
 
 import (
 	"bytes"
-	"strconv"
+	"math"
 
 	"github.com/tidwall/redcon"
 
@@ -285,8 +285,8 @@ func redisInt(args [][]byte) (int, bool) {
 	if len(args) != 2 {
 		return 0, false
 	}
-	n, err := strconv.ParseInt(string(args[1]), 10, 32)
-	if err != nil || strconv.FormatInt(n, 10) != string(args[1]) {
+	n, ok := resp.ParseInt(args[1])
+	if !ok || n < math.MinInt32 || n > math.MaxInt32 {
 		return 0, false
 	}
 	return int(n), true

@@ -56,12 +56,12 @@ type session struct {
 	db    int    // as set by SELECT
 	name  []byte // as set by CLIENT SETNAME or HELLO SETNAME
 
-	pool      *upstream.Pool // the configured user's, or the one the client's AUTH chose
+	pool       *upstream.Pool // the configured user's, or the one the client's AUTH chose
 	ded        *upstream.Dedicated
 	dedForLife bool // ded got a command whose state lasts (subscriptions, CLIENT NO-EVICT, ...)
 	inMulti    bool // MULTI sent on ded, EXEC or DISCARD not yet
-	txAborted bool // a command was refused inside that MULTI
-	failTx    bool // MULTI or WATCH found no dedicated connection: fail all through EXEC/DISCARD
+	txAborted  bool // a command was refused inside that MULTI
+	failTx     bool // MULTI or WATCH found no dedicated connection: fail all through EXEC/DISCARD
 }
 
 func newSession(srv *Server, conn *tls.Conn, id tlsconf.Identity) *session {

@@ -1,6 +1,10 @@
 package commands
 
-import "bytes"
+import (
+	"bytes"
+
+	"github.com/tlsproxy/tlsproxy/proxy/resp"
+)
 
 // Commands whose meaning depends on their arguments are parsed here as
 // Redis 7.0.15 parses them (networking.c helloCommand and clientCommand,
@@ -32,7 +36,7 @@ type HelloOptions struct {
 func ParseHello(args [][]byte) (h HelloOptions, errText string) {
 	next := 1
 	if len(args) >= 2 {
-		v, ok := parseInt(args[1])
+		v, ok := resp.ParseInt(args[1])
 		if !ok {
 			return h, "ERR Protocol version is not an integer or out of range"
 		}
@@ -113,7 +117,7 @@ func ParseTracking(args [][]byte) (t Tracking, errText string) {
 			if t.HasRedirect {
 				return t, "ERR A client can only redirect to a single other client"
 			}
-			id, ok := parseInt(args[j])
+			id, ok := resp.ParseInt(args[j])
 			if !ok {
 				return t, "ERR value is not an integer or out of range"
 			}
@@ -274,43 +278,4 @@ func errorArg(arg []byte) string {
 		}
 	}
 	return string(b)
-}
-
-// parseInt parses a 64-bit integer as Redis's string2ll: optional '-', no
-// '+', no leading zeros or spaces, at most 20 bytes.
-func parseInt(b []byte) (int64, bool) {
-	if len(b) == 0 || len(b) >= 21 {
-		return 0, false
-	}
-	if len(b) == 1 && b[0] == '0' {
-		return 0, true
-	}
-	neg := b[0] == '-'
-	if neg {
-		b = b[1:]
-	}
-	if len(b) == 0 || b[0] < '1' || b[0] > '9' {
-		return 0, false
-	}
-	var v uint64
-	for _, c := range b {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		d := uint64(c - '0')
-		if v > (1<<64-1)/10 || v*10 > 1<<64-1-d {
-			return 0, false
-		}
-		v = v*10 + d
-	}
-	if neg {
-		if v > 1<<63 {
-			return 0, false
-		}
-		return -int64(v), true // -(1<<63) wraps to itself, math.MinInt64
-	}
-	if v > 1<<63-1 {
-		return 0, false
-	}
-	return int64(v), true
 }

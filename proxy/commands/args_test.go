@@ -2,6 +2,7 @@ package commands
 
 import (
 	"errors"
+	"github.com/tlsproxy/tlsproxy/proxy/resp"
 	"reflect"
 	"strconv"
 	"strings"
@@ -201,9 +202,9 @@ func TestParseInt(t *testing.T) {
 		{"-", 0, false},
 		{"1e3", 0, false},
 	} {
-		got, ok := parseInt([]byte(tt.in))
+		got, ok := resp.ParseInt([]byte(tt.in))
 		if got != tt.want || ok != tt.ok {
-			t.Errorf("parseInt(%q) = %d, %v; want %d, %v", tt.in, got, ok, tt.want, tt.ok)
+			t.Errorf("resp.ParseInt(%q) = %d, %v; want %d, %v", tt.in, got, ok, tt.want, tt.ok)
 		}
 	}
 }

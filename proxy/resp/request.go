@@ -349,7 +349,7 @@ func (r *RequestReader) parse() error {
 			if cr+2 > len(p) {
 				return nil // Redis skips the byte after '\r' unseen, but needs it
 			}
-			n, valid := parseRequestLength(p[1:cr])
+			n, valid := ParseInt(p[1:cr])
 			if !valid || n > maxMultibulk {
 				return &ProtocolError{"Protocol error: invalid multibulk length"}
 			}
@@ -373,7 +373,7 @@ func (r *RequestReader) parse() error {
 			if line[0] != '$' {
 				return expectedDollar(line[0])
 			}
-			n, valid := parseRequestLength(line[1:cr])
+			n, valid := ParseInt(line[1:cr])
 			if !valid || n < 0 || n > r.maxBulk {
 				return &ProtocolError{"Protocol error: invalid bulk length"}
 			}
@@ -593,10 +593,11 @@ func unescape(c byte) byte {
 	return c
 }
 
-// parseRequestLength parses a "*" or "$" length as Redis's string2ll does:
+// ParseInt parses a number as Redis's string2ll does (request lengths, and
+// the integer arguments of commands the proxy reads):
 // an optional '-', then "0" or a digit 1-9 followed by digits, fitting in an
 // int64. There is no '+', no leading zero, no space, and "-0" is invalid.
-func parseRequestLength(b []byte) (int64, bool) {
+func ParseInt(b []byte) (int64, bool) {
 	if len(b) == 0 || len(b) > 20 {
 		return 0, false
 	}

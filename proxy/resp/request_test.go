@@ -259,9 +259,9 @@ func TestParseRequestLength(t *testing.T) {
 		{"1a", 0, false},
 		{"0x10", 0, false},
 	} {
-		got, ok := parseRequestLength([]byte(tc.in))
+		got, ok := ParseInt([]byte(tc.in))
 		if got != tc.want || ok != tc.ok {
-			t.Errorf("parseRequestLength(%q) = %d, %v; want %d, %v", tc.in, got, ok, tc.want, tc.ok)
+			t.Errorf("ParseInt(%q) = %d, %v; want %d, %v", tc.in, got, ok, tc.want, tc.ok)
 		}
 	}
 }
