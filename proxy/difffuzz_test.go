@@ -448,7 +448,7 @@ func dfReplayAll(t *testing.T, addr string, scripts []dfScript) []dfWant {
 	errs := make([]error, len(scripts))
 	var wg sync.WaitGroup
 	for i, sc := range scripts {
-		wg.Go(func() { want[i], errs[i] = dfReplay(addr, direct, sc) })
+		wg.Go(func() { want[i], errs[i] = dfReplay(addr, direct, sc, dfReplyWait) })
 	}
 	wg.Wait()
 	for i, err := range errs {
@@ -459,11 +459,11 @@ func dfReplayAll(t *testing.T, addr string, scripts []dfScript) []dfWant {
 	return want
 }
 
-func dfReplay(addr string, direct *redis.Client, sc dfScript) (dfWant, error) {
+func dfReplay(addr string, direct *redis.Client, sc dfScript, wait time.Duration) (dfWant, error) {
 	ctx := context.Background()
 	w := dfWant{final: map[int]map[string]string{}}
 	for si, sess := range sc.sessions {
-		sw, err := dfReplaySession(ctx, addr, direct, sc.client, sess, dfReplyWait)
+		sw, err := dfReplaySession(ctx, addr, direct, sc.client, sess, wait)
 		if err != nil {
 			return w, fmt.Errorf("session %d: %w", si, err)
 		}
@@ -870,8 +870,8 @@ func describe(b *strings.Builder, sess dfSession, first, upto, frame int, got, w
 	}
 }
 
-// dfMinimiseAll runs each failed client's session alone against a new proxy
-// and shrinks it while it still fails: a minimal reproduction.
+// dfMinimiseAll runs each failed client alone against a new proxy and
+// shrinks its script while it still fails: a minimal reproduction.
 func dfMinimiseAll(t *testing.T, rs *testredis.Server, v dfVariant, failed []*dfClient) {
 	e := startProxy(t, newPKI(t), "redis://"+rs.Addr, v.edit)
 	tlsConf := e.pki.clientTLS()
@@ -883,82 +883,91 @@ func dfMinimiseAll(t *testing.T, rs *testredis.Server, v dfVariant, failed []*df
 	}
 }
 
-// dfMinimise drops earlier batches, then single steps, then the splitting
-// of writes, as long as the session still fails on its own.
+// dfMinimise starts from the failing connection alone, or with the client's
+// earlier connections if it needs them, and drops connections, batches,
+// single steps, then the splitting of writes, as long as it still fails.
 func dfMinimise(addr string, dial func() (net.Conn, error), direct *redis.Client, c *dfClient) string {
 	ctx := context.Background()
 	client := c.sc.client
-	fails := func(sess dfSession) *dfClient {
+	fails := func(sessions []dfSession) *dfClient {
 		direct.FlushAll(ctx)
-		sw, err := dfReplaySession(ctx, addr, direct, client, sess, 2*time.Second)
-		if err != nil || dfUnsubscribed(ctx, direct, client) != nil {
+		sc := dfScript{client: client, sessions: sessions}
+		want, err := dfReplay(addr, direct, sc, 2*time.Second)
+		if err != nil {
 			return nil // not a sequence the model follows
 		}
 		direct.FlushAll(ctx)
-		tc := &dfClient{sc: dfScript{client: client, sessions: []dfSession{sess}}, want: dfWant{sessions: []dfSessionWant{sw}},
-			dial: dial, direct: direct, wait: 2 * time.Second}
+		tc := &dfClient{sc: sc, want: want, dial: dial, direct: direct, wait: 2 * time.Second}
 		if tc.run(); tc.fail == nil {
 			return nil
 		}
 		return tc
 	}
-	sess := c.sc.sessions[c.fail.session]
-	sess.batches = slices.Clone(sess.batches[:c.fail.batch+1])
-	best := fails(sess)
-	for try := 0; best == nil && try < 2; try++ { // it may depend on timing
-		best = fails(sess)
+	last := c.sc.sessions[c.fail.session]
+	last.batches = slices.Clone(last.batches[:c.fail.batch+1])
+	var best *dfClient
+	for _, script := range [][]dfSession{{last}, append(slices.Clone(c.sc.sessions[:c.fail.session]), last)} {
+		for try := 0; best == nil && try < 3; try++ { // it may depend on timing
+			best = fails(script)
+		}
 	}
 	if best == nil {
-		return "none: the session passes on its own (it depends on other clients, timing or earlier connections)"
+		return "none: the client's connections pass on their own (it depends on other clients or on timing)"
 	}
 	deadline := time.Now().Add(dfMinimiseTime)
-	try := func(cand dfSession) bool {
-		if time.Now().After(deadline) {
-			return false
-		}
-		if tc := fails(cand); tc != nil {
-			best, sess = tc, cand
-			return true
-		}
-		return false
-	}
-	for i := 0; i < len(sess.batches)-1; {
-		if !try(dfSession{gen: sess.gen, batches: slices.Delete(slices.Clone(sess.batches), i, i+1)}) {
-			i++
+	try := func(cand []dfSession) {
+		if time.Now().Before(deadline) {
+			if tc := fails(cand); tc != nil {
+				best = tc
+			}
 		}
 	}
-	for bi := len(sess.batches) - 1; bi >= 0; bi-- { // backwards: a removal shifts nothing still to try
-		for si := len(sess.batches[bi].steps) - 1; si >= 0; si-- {
-			try(withoutStep(sess, bi, si))
+	// Backwards, so that a removal shifts nothing still to try.
+	for si := len(best.sc.sessions) - 2; si >= 0; si-- {
+		try(slices.Delete(slices.Clone(best.sc.sessions), si, si+1))
+	}
+	for si := len(best.sc.sessions) - 1; si >= 0; si-- {
+		for bi := len(best.sc.sessions[si].batches) - 1; bi >= 0 && si < len(best.sc.sessions); bi-- {
+			for k := len(best.sc.sessions[si].batches[bi].steps) - 1; k >= 0 && bi < len(best.sc.sessions[si].batches); k-- {
+				try(withoutStep(best.sc.sessions, si, bi, k))
+			}
 		}
 	}
-	for bi := range sess.batches {
-		cand := dfSession{gen: sess.gen, batches: slices.Clone(sess.batches)}
-		n := 0
-		for _, c := range cand.batches[bi].chunks {
-			n += c
+	for si, sess := range best.sc.sessions {
+		for bi, b := range sess.batches {
+			cand := slices.Clone(best.sc.sessions)
+			cand[si].batches = slices.Clone(sess.batches)
+			cand[si].batches[bi].chunks, cand[si].batches[bi].pauses = []int{len(b.bytes())}, []time.Duration{0}
+			if b.cut < 0 {
+				try(cand)
+			}
 		}
-		cand.batches[bi].chunks, cand.batches[bi].pauses = []int{n}, []time.Duration{0}
-		try(cand)
 	}
 	f := best.fail
 	var b strings.Builder
-	fmt.Fprintf(&b, "batch %d: %v\n", f.batch, f.err)
-	describe(&b, best.sc.sessions[0], 0, f.batch, f.frame, best.got[0], best.want.sessions[0].frames)
+	fmt.Fprintf(&b, "connection %d of %d, batch %d: %v\n", f.session+1, len(best.sc.sessions), f.batch, f.err)
+	for si := range f.session {
+		fmt.Fprintf(&b, "connection %d, which the client closed before the next:\n", si+1)
+		describe(&b, best.sc.sessions[si], 0, len(best.sc.sessions[si].batches)-1, 0, nil, nil)
+	}
+	fmt.Fprintf(&b, "connection %d:\n", f.session+1)
+	describe(&b, best.sc.sessions[f.session], 0, f.batch, f.frame, best.got[f.session], best.want.sessions[f.session].frames)
 	return b.String()
 }
 
-// withoutStep is sess without step si of batch bi (and without the batch if
-// that was its last step); the writes keep their other boundaries.
-func withoutStep(sess dfSession, bi, si int) dfSession {
-	out := dfSession{gen: sess.gen, batches: slices.Clone(sess.batches)}
-	b := out.batches[bi]
+// withoutStep is sessions without step k of batch bi of session si (and
+// without the batch, or the session, it leaves empty); the writes keep
+// their other boundaries.
+func withoutStep(sessions []dfSession, si, bi, k int) []dfSession {
+	out := slices.Clone(sessions)
+	out[si].batches = slices.Clone(out[si].batches)
+	b := out[si].batches[bi]
 	start := 0
-	for _, s := range b.steps[:si] {
+	for _, s := range b.steps[:k] {
 		start += len(s.raw)
 	}
-	end := start + len(b.steps[si].raw)
-	b.steps = slices.Delete(slices.Clone(b.steps), si, si+1)
+	end := start + len(b.steps[k].raw)
+	b.steps = slices.Delete(slices.Clone(b.steps), k, k+1)
 	var chunks []int
 	var pauses []time.Duration
 	off := 0
@@ -973,9 +982,12 @@ func withoutStep(sess dfSession, bi, si int) dfSession {
 	if b.cut >= 0 {
 		b.cut -= min(max(b.cut-start, 0), end-start)
 	}
-	out.batches[bi] = b
+	out[si].batches[bi] = b
 	if len(b.steps) == 0 {
-		out.batches = slices.Delete(out.batches, bi, bi+1)
+		out[si].batches = slices.Delete(out[si].batches, bi, bi+1)
+	}
+	if len(out[si].batches) == 0 {
+		out = slices.Delete(out, si, si+1)
 	}
 	return out
 }

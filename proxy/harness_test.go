@@ -111,8 +111,35 @@ type proxyEnv struct {
 }
 
 // startProxy starts a proxy for upstreamURL on a free loopback port; edit
-// may change the configuration first.
+// may change the configuration first. The proxy stops when the test ends.
 func startProxy(t testing.TB, p *pki, upstreamURL string, edit func(*config.Config)) *proxyEnv {
+	t.Helper()
+	e, stop, done, err := serveProxy(t, p, upstreamURL, edit)
+	if err != nil {
+		t.Fatalf("proxy.New: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() && os.Getenv("TLSPROXY_TEST_LOG") != "" {
+			t.Logf("proxy log:\n%s", e.logs.String())
+		}
+		stop()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Errorf("proxy did not stop within 10s")
+		}
+	})
+	return e
+}
+
+// serveProxy starts a proxy like startProxy, but returns proxy.New's error
+// instead of failing, and hands the test the stop function (what SIGTERM
+// does in cmd/tlsproxy: cancel Serve's context) and a channel that receives
+// Serve's result.
+func serveProxy(t testing.TB, p *pki, upstreamURL string, edit func(*config.Config)) (e *proxyEnv, stop context.CancelFunc, done <-chan error, err error) {
 	t.Helper()
 	cfg := config.Default()
 	cfg.Listen.Address = "127.0.0.1:0"
@@ -128,30 +155,17 @@ func startProxy(t testing.TB, p *pki, upstreamURL string, edit func(*config.Conf
 	log := zerolog.New(logs).Level(zerolog.DebugLevel).With().Timestamp().Logger()
 	srv, err := New(cfg, log)
 	if err != nil {
-		t.Fatalf("proxy.New: %v", err)
+		return nil, nil, nil, err
 	}
 	ln, err := net.Listen("tcp", cfg.Listen.Address)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		if t.Failed() && os.Getenv("TLSPROXY_TEST_LOG") != "" {
-			t.Logf("proxy log:\n%s", logs.String())
-		}
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Serve: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Errorf("proxy did not stop within 10s")
-		}
-	})
-	return &proxyEnv{pki: p, addr: ln.Addr().String(), logs: logs, srv: srv}
+	ch := make(chan error, 1)
+	go func() { ch <- srv.Serve(ctx, ln) }()
+	t.Cleanup(cancel)
+	return &proxyEnv{pki: p, addr: ln.Addr().String(), logs: logs, srv: srv}, cancel, ch, nil
 }
 
 // startPlain starts a plain TCP Redis and a proxy in front of it.

@@ -19,8 +19,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
-	"github.com/tlsproxy/tlsproxy/internal/syncbuf"
 	"github.com/tlsproxy/tlsproxy/internal/testredis"
 	"github.com/tlsproxy/tlsproxy/proxy/config"
 )
@@ -221,36 +219,6 @@ func safetyHeapInuse() uint64 {
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
 	return m.HeapInuse
-}
-
-// safetyServe starts a proxy for upstreamURL like startProxy, but returns
-// proxy.New's error instead of failing, and hands the test the stop function
-// (what SIGTERM does in cmd/tlsproxy: cancel Serve's context) and a channel
-// that receives Serve's result.
-func safetyServe(t testing.TB, p *pki, upstreamURL string, edit func(*config.Config)) (e *proxyEnv, stop context.CancelFunc, done <-chan error, err error) {
-	t.Helper()
-	cfg := config.Default()
-	cfg.Listen.Address = "127.0.0.1:0"
-	cfg.Listen.TLS.CertFile, cfg.Listen.TLS.KeyFile, cfg.Listen.TLS.ClientCAFile = p.certFile, p.keyFile, p.caFile
-	cfg.Upstream.URL = upstreamURL
-	cfg.Upstream.ReadTimeout = 5 * time.Second
-	if edit != nil {
-		edit(&cfg)
-	}
-	logs := &syncbuf.Buffer{}
-	srv, err := New(cfg, zerolog.New(logs).Level(zerolog.DebugLevel))
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	ln, err := net.Listen("tcp", cfg.Listen.Address)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ch := make(chan error, 1)
-	go func() { ch <- srv.Serve(ctx, ln) }()
-	t.Cleanup(cancel)
-	return &proxyEnv{pki: p, addr: ln.Addr().String(), logs: logs, srv: srv}, cancel, ch, nil
 }
 
 // safetyInfoField returns one field of a CLIENT INFO / CLIENT LIST line.

@@ -664,7 +664,7 @@ func TestSafetyUpstreamUsernameNeedsPassword(t *testing.T) {
 	if err := admin.Do(ctx, "ACL", "SETUSER", "locked", "on", ">secret", "~*", "+@all").Err(); err != nil {
 		t.Fatal(err)
 	}
-	e, _, _, err := safetyServe(t, newPKI(t), "redis://locked@"+rs.Addr, nil)
+	e, _, _, err := serveProxy(t, newPKI(t), "redis://locked@"+rs.Addr, nil)
 	if err != nil {
 		t.Logf("proxy.New refuses: %v", err)
 		return
@@ -1068,7 +1068,7 @@ func TestSafetyNoEvictDoesNotOutliveClient(t *testing.T) {
 func TestSafetyStopWithBlockedPipeline(t *testing.T) {
 	t.Parallel()
 	rs := testredis.Start(t, testredis.Options{})
-	e, stop, done, err := safetyServe(t, newPKI(t), "redis://"+rs.Addr, nil)
+	e, stop, done, err := serveProxy(t, newPKI(t), "redis://"+rs.Addr, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
