@@ -49,6 +49,9 @@ type session struct {
 	wmu   sync.Mutex // serialises writes to conn: the dedicated reader writes too
 	out   []byte     // shared-path replies not yet written to the client
 	batch upstream.Batch
+	// streamed counts the shared-path reply bytes written in pieces during
+	// the current burst (garbage once written).
+	streamed int
 
 	// What a client connection has in Redis, kept by the proxy while the
 	// session uses shared connections.
@@ -106,7 +109,10 @@ func (s *session) serve() {
 			s.readFailed(err)
 			return
 		}
+		before := s.rd.BufferCap()
 		s.rd.Release()
+		memory.afterLarge(before - s.rd.BufferCap() + s.streamed)
+		s.streamed = 0
 	}
 }
 
@@ -138,6 +144,7 @@ func (s *session) flushShared() {
 	s.batch.Out = s.out
 	s.pool.Do(s.proto, s.db, &s.batch)
 	s.out = s.batch.Out
+	clear(s.batch.Cmds) // they point into the request buffer, which may be large
 	s.batch.Cmds = s.batch.Cmds[:0]
 	if s.batch.Lost {
 		s.writeOut()
@@ -149,6 +156,7 @@ func (s *session) flushShared() {
 // stream writes shared-path replies that arrive in large amounts at once,
 // so they never pile up in the proxy.
 func (s *session) stream(b []byte) {
+	s.streamed += len(b)
 	if s.writeClient(b) != nil {
 		s.conn.Close()
 	}

@@ -206,6 +206,15 @@ func (r *RequestReader) Fill() error {
 	return r.readErr
 }
 
+// BufferCap is the capacity of the reader's request buffer (0 when it holds
+// none): how much memory the client's requests cost right now.
+func (r *RequestReader) BufferCap() int {
+	if r.b == nil {
+		return 0
+	}
+	return cap(r.b.data)
+}
+
 // Release returns the reader's buffers to a pool when no unconsumed byte is
 // buffered, so an idle client holds none; the requests of the last Read are
 // then invalid. Call it once they have been handled. It is a no-op while a
