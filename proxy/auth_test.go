@@ -85,6 +85,9 @@ func TestAuthRedisDown(t *testing.T) {
 	if !strings.HasPrefix(string(got), "-ERR upstream unavailable") || strings.Contains(string(got), "default") {
 		t.Fatalf("AUTH with Redis down: %q; want an error, then the connection closed", got)
 	}
+	if _, port, _ := strings.Cut(e.redis.Addr, ":"); strings.Contains(string(got), port) {
+		t.Fatalf("the client's error names the upstream address: %q", got)
+	}
 	if !contains(e.logs.String(), "cannot check the client's AUTH; closing client") {
 		t.Fatal("no log line for the closed session")
 	}

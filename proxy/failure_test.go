@@ -542,3 +542,32 @@ func TestRefuseWaitAndSync(t *testing.T) {
 		t.Fatalf("SYNC on a pinned session: %v; want %q", err, replRefusal)
 	}
 }
+
+// TestClientStopsReading: a client that asks for large replies and never
+// reads them is disconnected once a write to it has waited
+// clientWriteTimeout, and the clients sharing its upstream connection are
+// not held up meanwhile.
+func TestClientStopsReading(t *testing.T) {
+	old := clientWriteTimeout
+	clientWriteTimeout = 500 * time.Millisecond
+	t.Cleanup(func() { clientWriteTimeout = old })
+	e := startPlain(t, func(c *config.Config) { c.Upstream.Pool.MaxSize = 1 })
+	ctx := context.Background()
+	if err := e.direct(t).Set(ctx, "big", strings.Repeat("x", 4<<20), 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	stuck := e.rawConn(t)
+	stuck.Write([]byte(strings.Repeat(cmd("GET", "big"), 16))) // 64 MiB of replies, never read
+	other := e.client(t, 2)
+	for i := 0; i < 50; i++ {
+		if err := other.Incr(ctx, "n").Err(); err != nil {
+			t.Fatalf("INCR %d beside the stuck client: %v", i, err)
+		}
+	}
+	waitFor(t, "the stuck client to be disconnected", func() bool {
+		return contains(e.logs.String(), "client stopped reading its replies; closing client")
+	})
+	if n, err := other.Get(ctx, "n").Int(); err != nil || n != 50 {
+		t.Fatalf("n = %d, %v after the stuck client left; want 50", n, err)
+	}
+}

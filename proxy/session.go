@@ -21,8 +21,9 @@ import (
 )
 
 // clientWriteTimeout bounds a write to a client: one that stops reading its
-// replies is disconnected rather than holding its session forever.
-const clientWriteTimeout = 30 * time.Second
+// replies is disconnected rather than holding its session forever. (A
+// variable so that a test can shorten it.)
+var clientWriteTimeout = 30 * time.Second
 
 // maxBulkLen is Redis's default proto-max-bulk-len: a longer bulk argument
 // is a protocol error, as in Redis.
@@ -205,6 +206,10 @@ func (s *session) writeClient(b []byte) error {
 	defer s.wmu.Unlock()
 	s.conn.SetWriteDeadline(time.Now().Add(clientWriteTimeout))
 	_, err := s.conn.Write(b)
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		s.log.Info().Dur("write_timeout", clientWriteTimeout).Msg("client stopped reading its replies; closing client")
+		s.conn.Close()
+	}
 	return err
 }
 
