@@ -139,7 +139,7 @@ func (s *session) helloAuth(h commands.HelloOptions, errText string) bool {
 		if h.SetName != nil {
 			s.name = nonEmpty(h.SetName)
 		}
-		out = hideConnID(out)
+		out = setConnID(out, s.clientID)
 	}
 	s.out = append(s.out, out...)
 	return ok

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -55,10 +56,20 @@ func TestAuthSharesConnections(t *testing.T) {
 	h := e.rawConn(t)
 	h.Write([]byte(cmd("HELLO", "3", "AUTH", "alice", "alice-pw", "SETNAME", "app-1")))
 	out := readUntil(t, h, "modules\r\n*0\r\n")
-	if !strings.Contains(out, "$2\r\nid\r\n:0\r\n") {
-		t.Fatalf("HELLO reply does not hide the connection id: %q", out)
+	h.Write([]byte(cmd("CLIENT", "ID")))
+	id := strings.TrimSuffix(strings.TrimPrefix(readUntil(t, h, "\r\n"), ":"), "\r\n")
+	if n, err := strconv.ParseInt(id, 10, 64); err != nil || n < sessionIDBase {
+		t.Fatalf("CLIENT ID = %q; want the session's own id", id)
+	}
+	if !strings.Contains(out, "$2\r\nid\r\n:"+id+"\r\n") {
+		t.Fatalf("HELLO reply does not give the session's id %s: %q", id, out)
 	}
 	roundTrip(t, h, cmd("ACL", "WHOAMI")+cmd("CLIENT", "GETNAME"), "$5\r\nalice\r\n$5\r\napp-1\r\n")
+	h.Write([]byte(cmd("CLIENT", "INFO")))
+	info := readUntil(t, h, "\n\r\n")
+	if !strings.Contains(info, "id="+id+" ") || !strings.Contains(info, " name=app-1 ") || !strings.Contains(info, " user=alice ") {
+		t.Fatalf("CLIENT INFO = %q; want the session's id, name and user", info)
+	}
 
 	// Once the holder is gone, a transaction after AUTH runs as alice.
 	holder.Close()
@@ -164,4 +175,45 @@ func TestManyLibraryClients(t *testing.T) {
 	if n > 60 {
 		t.Fatalf("Redis received %d connections for %d clients; want a few shared ones", n, clients)
 	}
+}
+
+// TestTrackingRedirectToSession: the RESP2 client-side caching pattern works
+// through the proxy with the ids it hands out. One client learns its CLIENT
+// ID and subscribes to __redis__:invalidate; another turns tracking on with
+// REDIRECT to that id and reads a key; a write to the key reaches the
+// first client as an invalidation message. REDIRECT to a shared connection's
+// id, or to a client without a connection of its own, is refused.
+func TestTrackingRedirectToSession(t *testing.T) {
+	e := startPlain(t, nil)
+	ctx := context.Background()
+	direct := e.direct(t)
+
+	inv := e.rawConn(t)
+	inv.Write([]byte(cmd("CLIENT", "ID")))
+	id := strings.TrimSuffix(strings.TrimPrefix(readUntil(t, inv, "\r\n"), ":"), "\r\n")
+	roundTrip(t, inv, cmd("SUBSCRIBE", "__redis__:invalidate"), "*3\r\n$9\r\nsubscribe\r\n$20\r\n__redis__:invalidate\r\n:1\r\n")
+
+	idle := e.rawConn(t)
+	idle.Write([]byte(cmd("CLIENT", "ID")))
+	idleID := strings.TrimSuffix(strings.TrimPrefix(readUntil(t, idle, "\r\n"), ":"), "\r\n")
+
+	c := e.rawConn(t)
+	roundTrip(t, c, cmd("PING"), "+PONG\r\n") // on a shared connection
+	var shared int64
+	for _, line := range strings.Split(direct.ClientList(ctx).Val(), "\n") {
+		if f := strings.Fields(line); strings.Contains(line, " cmd=ping ") && strings.HasPrefix(f[0], "id=") {
+			shared, _ = strconv.ParseInt(strings.TrimPrefix(f[0], "id="), 10, 64)
+		}
+	}
+	if shared == 0 {
+		t.Fatal("no shared connection in CLIENT LIST")
+	}
+	refusal := "-" + errRedirectOther + "\r\n"
+	roundTrip(t, c, cmd("CLIENT", "TRACKING", "on", "REDIRECT", strconv.FormatInt(shared, 10)), refusal)
+	roundTrip(t, c, cmd("CLIENT", "TRACKING", "on", "REDIRECT", idleID), refusal)
+	roundTrip(t, c, cmd("CLIENT", "TRACKING", "on", "REDIRECT", id)+cmd("GET", "cached"), "+OK\r\n$-1\r\n")
+	if err := direct.Set(ctx, "cached", "v", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	expectBytes(t, inv, "*3\r\n$7\r\nmessage\r\n$20\r\n__redis__:invalidate\r\n*1\r\n$6\r\ncached\r\n")
 }

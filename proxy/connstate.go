@@ -1,8 +1,6 @@
 package proxy
 
 import (
-	"bytes"
-
 	"github.com/tidwall/redcon"
 	"github.com/tlsproxy/tlsproxy/proxy/commands"
 	"github.com/tlsproxy/tlsproxy/proxy/resp"
@@ -16,8 +14,8 @@ import (
 // spending a dedicated connection on each client.
 
 // hello serves HELLO. Without AUTH, it runs on a shared connection of the
-// protocol asked for, where it changes nothing, and the reply's id is
-// replaced by 0: the shared connection's id is not the client's to know.
+// protocol asked for, where it changes nothing, and the reply's id is the
+// session's own: the shared connection's id is not the client's to know.
 // SETNAME is kept by the proxy.
 func (s *session) hello(req resp.Request) bool {
 	h, errText := commands.ParseHello(req.Args)
@@ -65,29 +63,11 @@ func (s *session) hello(req resp.Request) bool {
 	if h.SetName != nil {
 		s.name = nonEmpty(h.SetName)
 	}
-	s.out = append(s.out[:start], hideConnID(s.out[start:])...)
+	s.out = append(s.out[:start], setConnID(s.out[start:], s.clientID)...)
 	return true
 }
 
 var helloCmd = [2][]byte{[]byte("*2\r\n$5\r\nHELLO\r\n$1\r\n2\r\n"), []byte("*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n")}
-
-// hideConnID returns a HELLO reply (RESP2 array or RESP3 map) with the value
-// of its "id" field replaced by 0, an id Redis never assigns, so a client
-// cannot name the shared connection with it.
-func hideConnID(reply []byte) []byte {
-	key := []byte("$2\r\nid\r\n:")
-	i := bytes.Index(reply, key)
-	if i < 0 {
-		return reply
-	}
-	i += len(key)
-	j := bytes.IndexByte(reply[i:], '\r')
-	if j < 0 {
-		return reply
-	}
-	out := append(append(append([]byte(nil), reply[:i]...), '0'), reply[i+j:]...)
-	return out
-}
 
 func nonEmpty(b []byte) []byte {
 	if len(b) == 0 {
@@ -151,9 +131,15 @@ func truncate(s string, n int) string {
 // a REDIRECT must name a connection some client holds, never a shared one.
 func (s *session) tracking(req resp.Request) bool {
 	t, errText := commands.ParseTracking(req.Args)
-	if t.HasRedirect && t.Redirect != 0 && !s.srv.isLeased(t.Redirect) {
-		s.replyError(errRedirectOther)
-		return true
+	if t.HasRedirect && t.Redirect != 0 {
+		target := s.redirectTarget(t.Redirect)
+		if target == 0 {
+			s.replyError(errRedirectOther)
+			return true
+		}
+		if target != t.Redirect {
+			req.Raw = withRedirect(req.Args, target)
+		}
 	}
 	if errText != "" {
 		s.replyError(errText)

@@ -327,8 +327,8 @@ func (g *dfGen) next() []dfStep {
 var fullMix = []dfChoice{
 	{300, func(g *dfGen) []dfStep { return []dfStep{g.plain()} }},
 	{70, (*dfGen).transaction},
-	{25, (*dfGen).tracking},
-	{35, (*dfGen).pubsub},
+	{35, (*dfGen).tracking},
+	{45, (*dfGen).pubsub},
 	{50, (*dfGen).blocking},
 	{60, (*dfGen).state},
 	{20, func(g *dfGen) []dfStep { return []dfStep{g.command(g.oneOf("QUIT", "RESET"))} }},
@@ -379,13 +379,15 @@ func (g *dfGen) value() string {
 	return v
 }
 
-// channel names one of the client's two channels.
-func (g *dfGen) channel() string { return fmt.Sprintf("c%d:ch%d", g.client, 1+g.rng.IntN(2)) }
+// channel names one of the client's two channels of the current key
+// generation: a PUBLISH still in flight when a connection was cut cannot
+// reach the subscriptions of the next one.
+func (g *dfGen) channel() string { return g.key(g.oneOf("ch1", "ch2")) }
 
 // channelCommand is name with at least `least` (0 or 1) of the client's two
 // channels.
 func (g *dfGen) channelCommand(name string, least int) dfStep {
-	args := []string{name, fmt.Sprintf("c%d:ch1", g.client), fmt.Sprintf("c%d:ch2", g.client)}
+	args := []string{name, g.key("ch1"), g.key("ch2")}
 	return g.command(args[:1+least+g.rng.IntN(3-least)]...)
 }
 
@@ -571,7 +573,7 @@ func (g *dfGen) state() []dfStep {
 		k := g.anyKey("s1", "s2")
 		return []dfStep{g.command("PERSIST", k), g.command("TTL", k)}
 	}
-	return []dfStep{g.command("HELLO", g.oneOf("2", "3"))}
+	return []dfStep{g.command("HELLO", g.oneOf("2", "3", "3"))}
 }
 
 // malformed frames end at the byte where Redis detects the error, so a

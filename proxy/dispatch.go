@@ -16,7 +16,7 @@ const (
 	errNoDedicated   = "ERR upstream unavailable: no dedicated connection for this transaction; every command up to EXEC or DISCARD fails"
 	errClientKill    = "ERR CLIENT KILL and CLIENT UNBLOCK are not available through tlsproxy: connections to Redis are shared by many clients"
 	errWaitShared    = "ERR WAIT counts this connection's writes, which went over a connection shared with other clients; it is only available through tlsproxy inside a session on a dedicated connection (after WATCH, MULTI, ...)"
-	errRedirectOther = "ERR CLIENT TRACKING REDIRECT through tlsproxy must name a connection a client holds (learned with CLIENT ID on that client's own dedicated connection)"
+	errRedirectOther = "ERR CLIENT TRACKING REDIRECT through tlsproxy must name a client of the proxy (its CLIENT ID) that holds a connection of its own, such as one subscribed to __redis__:invalidate"
 )
 
 // dispatch routes one request. It returns false when the session must end.
@@ -52,6 +52,12 @@ func (s *session) dispatch(req resp.Request) bool {
 		return s.hello(req)
 	case commands.ClientSetName, commands.ClientGetName, commands.ClientSetInfo:
 		s.clientName(route, req)
+		return true
+	case commands.ClientID:
+		s.answerClientID(req)
+		return true
+	case commands.ClientInfo:
+		s.clientInfo(req)
 		return true
 	case commands.Wait:
 		if s.ded == nil {
@@ -136,7 +142,10 @@ func (s *session) onDedicated(req resp.Request, e upstream.Effect, arg int, f on
 // send forwards a command on the dedicated connection.
 func (s *session) send(cmd []byte, e upstream.Effect, arg int) {
 	switch e {
-	case upstream.EffectSticky, upstream.EffectUncounted, upstream.EffectReplyOff, upstream.EffectReplySkip:
+	case upstream.EffectUncounted, upstream.EffectReplyOff, upstream.EffectReplySkip:
+		s.uncounted = true
+		s.dedForLife = true
+	case upstream.EffectSticky:
 		s.dedForLife = true
 	}
 	s.ded.Send(cmd, e, arg)

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -25,6 +26,8 @@ type Server struct {
 	tlsConfig *tls.Config
 	pool      *upstream.Pool // as the configured upstream user
 	users     sync.Map       // user name -> *upstream.Pool, made for clients' AUTH
+	ids       sync.Map       // session id -> *session (see sessionIDBase)
+	lastID    atomic.Int64
 	defaultDB int
 	rejects   *rejectLog
 

@@ -11,6 +11,7 @@ import (
 	"net"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -60,8 +61,12 @@ type session struct {
 	db    int    // as set by SELECT
 	name  []byte // as set by CLIENT SETNAME or HELLO SETNAME
 
-	pool       *upstream.Pool // the configured user's, or the one the client's AUTH chose
+	pool     *upstream.Pool // the configured user's, or the one the client's AUTH chose
+	clientID int64          // the session's own client id (sessionIDBase and up)
+	dedID    atomic.Int64   // Redis's id of ded, for other sessions' CLIENT TRACKING REDIRECT
+
 	ded        *upstream.Dedicated
+	uncounted  bool // ded was sent a command after which replies are not countable
 	dedForLife bool // ded got a command whose state lasts (subscriptions, CLIENT NO-EVICT, ...)
 	inMulti    bool // MULTI sent on ded, EXEC or DISCARD not yet
 	txAborted  bool // a command was refused inside that MULTI
@@ -81,6 +86,8 @@ func newSession(srv *Server, conn *tls.Conn, id tlsconf.Identity) *session {
 		pool:  srv.pool,
 		log:   srv.log.With().Str("remote", conn.RemoteAddr().String()).Object("identity", id).Logger(),
 	}
+	s.clientID = sessionIDBase + srv.lastID.Add(1)
+	srv.ids.Store(s.clientID, s)
 	s.rd = resp.NewRequestReader(conn, srv.cfg.Listen.MaxRequestBytes, maxBulkLen)
 	s.batch.Stream = s.stream
 	return s
@@ -226,6 +233,7 @@ func (s *session) dedicate() error {
 		return err
 	}
 	s.ded = d
+	s.dedID.Store(d.ID())
 	if s.name != nil {
 		// The name the proxy kept goes with the session.
 		d.SendHidden(redcon.AppendBulk(redcon.AppendBulkString(redcon.AppendBulkString(
@@ -241,8 +249,9 @@ func (s *session) release() {
 	st := s.ded.State()
 	s.ded.Release()
 	s.ded = nil
+	s.dedID.Store(0)
 	s.proto, s.db = st.Proto, st.DB
-	s.inMulti, s.txAborted, s.dedForLife = false, false, false
+	s.inMulti, s.txAborted, s.dedForLife, s.uncounted = false, false, false, false
 }
 
 // waitDedicated waits until the dedicated connection has written every reply
@@ -333,9 +342,11 @@ func (s *session) end() {
 	// Closing the client first wakes a dedicated reader blocked writing to it.
 	s.conn.Close()
 	if s.ded != nil {
+		s.dedID.Store(0)
 		s.ded.Release()
 		s.ded = nil
 	}
+	s.srv.ids.Delete(s.clientID)
 	s.rd.Release()
 	s.log.Debug().Msg("session ended")
 }

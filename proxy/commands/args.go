@@ -49,10 +49,10 @@ func ParseHello(args [][]byte) (h HelloOptions, errText string) {
 	for j := next; j < len(args); j++ {
 		more := len(args) - 1 - j
 		switch {
-		case keyword(args[j], "auth") && more >= 2:
+		case Keyword(args[j], "auth") && more >= 2:
 			h.HasAuth, h.User, h.Pass = true, args[j+1], args[j+2]
 			j += 2
-		case keyword(args[j], "setname") && more >= 1:
+		case Keyword(args[j], "setname") && more >= 1:
 			if !ValidClientName(args[j+1]) {
 				return h, "ERR Client names cannot contain spaces, newlines or special characters."
 			}
@@ -112,7 +112,7 @@ func ParseTracking(args [][]byte) (t Tracking, errText string) {
 		more := len(args) - 1 - j
 		a := args[j]
 		switch {
-		case keyword(a, "redirect") && more > 0:
+		case Keyword(a, "redirect") && more > 0:
 			j++
 			if t.HasRedirect {
 				return t, "ERR A client can only redirect to a single other client"
@@ -122,15 +122,15 @@ func ParseTracking(args [][]byte) (t Tracking, errText string) {
 				return t, "ERR value is not an integer or out of range"
 			}
 			t.Redirect, t.HasRedirect = id, true
-		case keyword(a, "bcast"):
+		case Keyword(a, "bcast"):
 			t.BCast = true
-		case keyword(a, "optin"):
+		case Keyword(a, "optin"):
 			t.OptIn = true
-		case keyword(a, "optout"):
+		case Keyword(a, "optout"):
 			t.OptOut = true
-		case keyword(a, "noloop"):
+		case Keyword(a, "noloop"):
 			t.NoLoop = true
-		case keyword(a, "prefix") && more > 0:
+		case Keyword(a, "prefix") && more > 0:
 			j++
 			t.Prefixes++
 		default:
@@ -138,7 +138,7 @@ func ParseTracking(args [][]byte) (t Tracking, errText string) {
 		}
 	}
 	switch {
-	case keyword(args[2], "on"):
+	case Keyword(args[2], "on"):
 		t.On = true
 		switch {
 		case !t.BCast && t.Prefixes > 0:
@@ -148,7 +148,7 @@ func ParseTracking(args [][]byte) (t Tracking, errText string) {
 		case t.OptIn && t.OptOut:
 			return t, "ERR You can't specify both OPTIN mode and OPTOUT mode"
 		}
-	case keyword(args[2], "off"):
+	case Keyword(args[2], "off"):
 	default:
 		return t, "ERR syntax error"
 	}
@@ -172,11 +172,11 @@ func ParseReply(args [][]byte) (m ReplyMode, errText string) {
 		return m, "ERR wrong number of arguments for 'client|reply' command"
 	}
 	switch {
-	case keyword(args[2], "on"):
+	case Keyword(args[2], "on"):
 		return ReplyOn, ""
-	case keyword(args[2], "off"):
+	case Keyword(args[2], "off"):
 		return ReplyOff, ""
-	case keyword(args[2], "skip"):
+	case Keyword(args[2], "skip"):
 		return ReplySkip, ""
 	}
 	return m, "ERR syntax error"
@@ -241,10 +241,10 @@ func optionWord(b, arg []byte) []byte {
 	return fold(b, arg)
 }
 
-// keyword reports whether arg is kw (lower case) as Redis's strcasecmp
+// Keyword reports whether arg is kw (lower case) as Redis's strcasecmp
 // sees it: ASCII case-insensitively, and only up to a NUL byte, so
 // "BLOCK\x00x" is BLOCK.
-func keyword(arg []byte, kw string) bool {
+func Keyword(arg []byte, kw string) bool {
 	arg = cString(arg)
 	if len(arg) != len(kw) {
 		return false

@@ -24,6 +24,8 @@ var paths = [...]string{
 	ClientSetName:  "kept by the proxy: the name belongs to the session, not to a connection",
 	ClientGetName:  "answered by the proxy from the session's name",
 	ClientSetInfo:  "answered by the proxy (Redis's own error on a Redis without it); never sets a shared connection's library name",
+	ClientID:       "answered by the proxy with the session's own id, from a range Redis never assigns; `CLIENT TRACKING … REDIRECT` to it reaches that session's dedicated connection",
+	ClientInfo:     "on shared connections, the shared connection's line with the session's id and name; on the dedicated connection, that connection's line",
 	ClientTracking: "`ON`: dedicated for the rest of the session, invalidations forwarded in order; `REDIRECT` only to a connection a client holds, never a shared one. `OFF` without tracking: answered `+OK`",
 	ClientReply:    "`OFF`/`SKIP`: dedicated for the rest of the session. `ON` without them: answered `+OK`",
 	ClientKill:     "refused: the connections it could name may be shared",

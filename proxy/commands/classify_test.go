@@ -132,8 +132,8 @@ var routeTests = []struct {
 	{"SCRIPT DEBUG NO", Dedicated},
 	{"CLIENT NO-EVICT on", Dedicated},
 	{"CLIENT CACHING yes", Dedicated},
-	{"CLIENT ID", Dedicated},
-	{"CLIENT INFO", Dedicated},
+	{"CLIENT ID", ClientID},
+	{"CLIENT INFO", ClientInfo},
 	{"CLIENT GETREDIR", Dedicated},
 	{"CLIENT TRACKINGINFO", Dedicated},
 	{"CLIENT PAUSE 100 WRITE", Dedicated},
@@ -272,7 +272,7 @@ func TestRouteString(t *testing.T) {
 			t.Errorf("route %d has no name", r)
 		}
 	}
-	if s := (Refused + 1).String(); s != "Route(23)" {
+	if s := (Refused + 1).String(); s != "Route(25)" {
 		t.Errorf("an unknown route reads %q", s)
 	}
 }

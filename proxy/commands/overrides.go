@@ -87,6 +87,8 @@ var overrides = []override{
 	{names: []string{"client|setname"}, route: ClientSetName, why: "names the connection"},
 	{names: []string{"client|getname"}, route: ClientGetName, why: "reports the connection's name, which on a shared connection is not the session's"},
 	{names: []string{"client|setinfo"}, route: ClientSetInfo, why: "sets the connection's library name and version (Redis 7.2)"},
+	{names: []string{"client|id"}, route: ClientID, why: "reports the connection's id, which on a shared connection is not the session's"},
+	{names: []string{"client|info"}, route: ClientInfo, why: "describes the connection, which on a shared connection is not the session's"},
 	{names: []string{"client|tracking"}, route: ClientTracking, why: "`ON` makes Redis push invalidations, to this connection or to the one `REDIRECT` names"},
 	{names: []string{"client|reply"}, route: ClientReply, why: "`OFF` and `SKIP` suppress replies, which the proxy counts"},
 	{names: []string{"client|kill"}, route: ClientKill, why: "names other connections, which may be shared ones"},
@@ -111,7 +113,7 @@ const (
 // scriptDebugRoute refuses SCRIPT DEBUG SYNC and gives any other mode (or a
 // malformed one, which Redis rejects) a dedicated connection.
 func scriptDebugRoute(args [][]byte) Route {
-	if len(args) == 3 && keyword(args[2], "sync") {
+	if len(args) == 3 && Keyword(args[2], "sync") {
 		return Refused
 	}
 	return Dedicated

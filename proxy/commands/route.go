@@ -48,6 +48,9 @@ const (
 	ClientSetName
 	ClientGetName
 	ClientSetInfo
+	// ClientID and ClientInfo: the session's own id, not a connection's.
+	ClientID
+	ClientInfo
 	// ClientTracking: see ParseTracking.
 	ClientTracking
 	// ClientReply: CLIENT REPLY ON|OFF|SKIP.
@@ -65,6 +68,7 @@ var routeNames = [...]string{
 	Multi: "multi", Exec: "exec", Discard: "discard", Watch: "watch", Unwatch: "unwatch",
 	Subscribe: "subscribe", Select: "select", Hello: "hello", Auth: "auth", Quit: "quit", Reset: "reset",
 	ClientSetName: "client-setname", ClientGetName: "client-getname", ClientSetInfo: "client-setinfo",
+	ClientID: "client-id", ClientInfo: "client-info",
 	ClientTracking: "client-tracking", ClientReply: "client-reply",
 	ClientKill: "client-kill", ClientUnblock: "client-unblock",
 	Wait: "wait", Refused: "refused",
@@ -120,7 +124,7 @@ func RefusalReason(args [][]byte) string {
 	if Classify(args) != Refused {
 		return ""
 	}
-	if len(args) > 1 && keyword(args[0], "script") {
+	if len(args) > 1 && Keyword(args[0], "script") {
 		return refusalDebugSync
 	}
 	return refusal

@@ -1,0 +1,133 @@
+package proxy
+
+import (
+	"bytes"
+	"strconv"
+
+	"github.com/tidwall/redcon"
+	"github.com/tlsproxy/tlsproxy/proxy/commands"
+	"github.com/tlsproxy/tlsproxy/proxy/resp"
+	"github.com/tlsproxy/tlsproxy/proxy/upstream"
+)
+
+// sessionIDBase starts the ids the proxy gives its sessions (CLIENT ID,
+// HELLO's id, CLIENT INFO's id=). Redis numbers its connections from 1 up,
+// so ids from 2^48 on name no Redis connection: a client that learns one can
+// reach no other client's connection with it. A session holds the same id
+// whichever upstream connection it uses, as a client keeps its id in Redis.
+const sessionIDBase = 1 << 48
+
+// answerClientID answers CLIENT ID with the session's id. Where Redis would refuse
+// the command (a RESP2 subscribed connection) it gets it, and answers.
+func (s *session) answerClientID(req resp.Request) {
+	if s.ded != nil && s.uncounted {
+		s.send(req.Raw, upstream.EffectNone, 0)
+		return
+	}
+	if msg := arityError(req.Args); msg != "" {
+		s.replyError(msg)
+		return
+	}
+	s.reply(redcon.AppendInt(nil, s.clientID))
+}
+
+// clientInfo serves CLIENT INFO: on the dedicated connection as it is; on a
+// shared connection (it then describes that connection: its database,
+// protocol and user are the session's) with the session's id and name.
+func (s *session) clientInfo(req resp.Request) {
+	if s.ded != nil {
+		s.send(req.Raw, upstream.EffectNone, 0)
+		return
+	}
+	s.flushShared()
+	start := len(s.out)
+	s.batch.Cmds = append(s.batch.Cmds, req.Raw)
+	s.flushShared()
+	if info := s.out[start:]; len(info) > 0 && (info[0] == '$' || info[0] == '=') {
+		s.out = append(s.out[:start], s.ownInfo(info)...)
+	}
+}
+
+// ownInfo rewrites the id= and name= fields of a CLIENT INFO reply (a bulk
+// or RESP3 verbatim string) to the session's.
+func (s *session) ownInfo(reply []byte) []byte {
+	head := bytes.IndexByte(reply, '\n')
+	if head < 0 || len(reply) < head+3 {
+		return reply
+	}
+	body := reply[head+1 : len(reply)-2]
+	prefix := []byte(nil)
+	if reply[0] == '=' && len(body) >= 4 {
+		prefix, body = body[:4], body[4:] // "txt:"
+	}
+	fields := bytes.Split(bytes.TrimRight(body, "\n"), []byte(" "))
+	for i, f := range fields {
+		switch {
+		case bytes.HasPrefix(f, []byte("id=")):
+			fields[i] = strconv.AppendInt([]byte("id="), s.clientID, 10)
+		case bytes.HasPrefix(f, []byte("name=")):
+			fields[i] = append([]byte("name="), s.name...)
+		}
+	}
+	line := append(append(append([]byte(nil), prefix...), bytes.Join(fields, []byte(" "))...), '\n')
+	out := []byte{reply[0]}
+	out = strconv.AppendInt(out, int64(len(line)), 10)
+	out = append(out, '\r', '\n')
+	out = append(out, line...)
+	return append(out, '\r', '\n')
+}
+
+// setConnID returns a HELLO reply (RESP2 array or RESP3 map) with the value
+// of its "id" field replaced by id.
+func setConnID(reply []byte, id int64) []byte {
+	key := []byte("$2\r\nid\r\n:")
+	i := bytes.Index(reply, key)
+	if i < 0 {
+		return reply
+	}
+	i += len(key)
+	j := bytes.IndexByte(reply[i:], '\r')
+	if j < 0 {
+		return reply
+	}
+	out := strconv.AppendInt(append([]byte(nil), reply[:i]...), id, 10)
+	return append(out, reply[i+j:]...)
+}
+
+// redirectTarget resolves the connection a CLIENT TRACKING REDIRECT names:
+// a session id becomes the Redis id of that session's dedicated connection;
+// a Redis id must be one some session holds. It returns 0 for anything else
+// (a shared or idle connection, or a session without a dedicated one).
+func (s *session) redirectTarget(id int64) int64 {
+	if v, ok := s.srv.ids.Load(id); ok {
+		return v.(*session).dedID.Load()
+	}
+	if s.srv.isLeased(id) {
+		return id
+	}
+	return 0
+}
+
+// withRedirect returns CLIENT TRACKING's arguments with the REDIRECT value
+// set to id, found by Redis's option syntax, encoded as a command.
+func withRedirect(args [][]byte, id int64) []byte {
+	out := redcon.AppendArray(nil, len(args))
+	skip := -1
+	for j := 3; j < len(args); j++ {
+		switch {
+		case commands.Keyword(args[j], "redirect") && j+1 < len(args):
+			skip = j + 1
+			j++
+		case commands.Keyword(args[j], "prefix"):
+			j++
+		}
+	}
+	for i, a := range args {
+		if i == skip {
+			out = redcon.AppendBulkString(out, strconv.FormatInt(id, 10))
+			continue
+		}
+		out = redcon.AppendBulk(out, a)
+	}
+	return out
+}
