@@ -5,6 +5,8 @@
 #   make build   bin/tlsproxy
 #   make demo    local Redis on 127.0.0.1:6379 + tlsproxy on 127.0.0.1:6380
 #   make bench   bench/run.sh against a fresh build
+#   make fuzz    long differential fuzz run through the proxy, then the Go
+#                fuzz targets of proxy/resp
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -93,6 +95,24 @@ demo-stop:
 
 bench: deps build
 	bash bench/run.sh
+
+# The differential fuzzer (proxy/difffuzz_test.go) for FUZZ_DURATION, a new
+# seed per round (DIFFFUZZ_SEED=n repeats one), then each Go fuzz target of
+# the request parser and reply scanner that exists, for FUZZTIME each.
+FUZZ_DURATION ?= 5m
+FUZZTIME      ?= 60s
+.PHONY: fuzz
+fuzz: deps
+	DIFFFUZZ_DURATION=$(FUZZ_DURATION) $(GO) test -race -count=1 -timeout 30m -v -run '^TestDiffFuzzLong$$' ./proxy/
+	@targets="$$($(GO) test -list '^Fuzz' ./proxy/resp/)"; \
+	for f in FuzzRequest FuzzScan FuzzScanner; do \
+	  if grep -qx "$$f" <<<"$$targets"; then \
+	    echo "fuzz: $$f for $(FUZZTIME)"; \
+	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) ./proxy/resp/; \
+	  else \
+	    echo "fuzz: proxy/resp has no $$f; skipped"; \
+	  fi; \
+	done
 
 fmt:
 	$(GO) fmt ./...

@@ -41,9 +41,11 @@ type dfBatch struct {
 	chunks []int           // the writes, in bytes; they add up to the batch (or to cut)
 	pauses []time.Duration // before each chunk; mostly zero
 	// cut >= 0: the client writes only cut bytes of the batch, reads for
-	// linger, then closes the connection.
+	// linger, then closes the connection, with a TCP reset if rst (as when
+	// a process dies).
 	cut    int
 	linger time.Duration
+	rst    bool
 }
 
 func (b dfBatch) bytes() string {
@@ -255,7 +257,8 @@ func (g *dfGen) plan(b *dfBatch, closes bool) {
 		if g.rng.IntN(2) == 0 {
 			b.cut = n // everything written; close while replies (or a block) are owed
 		}
-		b.linger = time.Duration(g.rng.IntN(20)) * time.Millisecond
+		b.linger = time.Duration(g.rng.IntN(20)) * time.Millisecond * time.Duration(g.rng.IntN(2)) // often none
+		b.rst = g.rng.IntN(2) == 0
 		n = b.cut
 	}
 	switch r := g.rng.IntN(10); {

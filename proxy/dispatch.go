@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"errors"
 	"math"
 
 	"github.com/tidwall/redcon"
@@ -121,6 +122,9 @@ const (
 func (s *session) onDedicated(req resp.Request, e upstream.Effect, arg int, f onFailure) bool {
 	if s.ded == nil {
 		if err := s.dedicate(); err != nil {
+			if errors.Is(err, errClientGone) {
+				return false
+			}
 			s.replyError(unavailable(err))
 			switch f {
 			case failContext:

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"runtime/debug"
 	"sync"
@@ -65,6 +64,8 @@ type session struct {
 	clientID int64          // the session's own client id (sessionIDBase and up)
 	dedID    atomic.Int64   // Redis's id of ded, for other sessions' CLIENT TRACKING REDIRECT
 
+	closed atomic.Bool // the client's connection was closed
+
 	ded        *upstream.Dedicated
 	uncounted  bool // ded was sent a command after which replies are not countable
 	dedForLife bool // ded got a command whose state lasts (subscriptions, CLIENT NO-EVICT, ...)
@@ -105,6 +106,9 @@ func (s *session) serve() {
 	for {
 		reqs, err := s.rd.Read()
 		for _, req := range reqs {
+			if s.closed.Load() {
+				return // nothing after a lost reply or a dead client runs
+			}
 			if !s.dispatch(req) {
 				s.finishBurst()
 				return
@@ -130,8 +134,8 @@ func (s *session) reply(b []byte) {
 		if s.inMulti {
 			s.txAborted = true // as Redis fails EXEC after a rejected command
 		}
-		if s.ded.Reply(b) != nil {
-			s.conn.Close()
+		if s.ded.Reply(b, s.inMulti) != nil {
+			s.closeClient()
 		}
 		return
 	}
@@ -157,7 +161,7 @@ func (s *session) flushShared() {
 	if s.batch.Lost {
 		s.writeOut()
 		s.log.Warn().Msg("shared upstream connection failed with commands in flight; closing client")
-		s.conn.Close()
+		s.closeClient()
 	}
 }
 
@@ -165,9 +169,7 @@ func (s *session) flushShared() {
 // so they never pile up in the proxy.
 func (s *session) stream(b []byte) {
 	s.streamed += len(b)
-	if s.writeClient(b) != nil {
-		s.conn.Close()
-	}
+	s.writeClient(b)
 }
 
 // finishBurst sends what the burst queued and writes the replies. A
@@ -215,17 +217,29 @@ func (s *session) writeClient(b []byte) error {
 	_, err := s.conn.Write(b)
 	if ne, ok := err.(net.Error); ok && ne.Timeout() {
 		s.log.Info().Dur("write_timeout", clientWriteTimeout).Msg("client stopped reading its replies; closing client")
-		s.conn.Close()
+	}
+	if err != nil {
+		s.closeClient()
 	}
 	return err
 }
+
+// closeClient closes the client's connection; the session runs none of the
+// client's commands after that.
+func (s *session) closeClient() {
+	s.closed.Store(true)
+	s.conn.Close()
+}
+
+// errClientGone: the client's connection failed; nothing more is done for it.
+var errClientGone = errors.New("client connection closed")
 
 // dedicate moves the session onto a dedicated connection. Everything before
 // it has been answered and written first, so commands run in the order sent.
 func (s *session) dedicate() error {
 	s.flushShared()
 	if !s.writeOut() {
-		return io.ErrClosedPipe
+		return errClientGone
 	}
 	d, err := s.pool.Dedicate(context.Background(), s.proto, s.db, s.token, s.writeClient, s.upstreamFailed)
 	if err != nil {
@@ -297,7 +311,7 @@ func (s *session) upstreamFailed(err error) {
 	if err != nil {
 		s.log.Warn().Err(err).Msg("dedicated upstream connection failed; closing client")
 	}
-	s.conn.Close()
+	s.closeClient()
 }
 
 func (s *session) readFailed(err error) {

@@ -219,22 +219,30 @@ func (d *Dedicated) uncountedLocked() bool {
 	return false
 }
 
-// Reply writes a reply the proxy makes itself after every reply owed before
-// it. When replies are uncounted, a fence PING marks the place: its reply is
-// swallowed and the proxy's reply written in its stead.
-func (d *Dedicated) Reply(b []byte) error {
+// Reply writes a reply the proxy makes itself after everything Redis sends
+// in answer to the commands before it, pushes included (a tracking
+// invalidation comes after the reply to the write that caused it). A fence
+// PING marks the place: Redis answers it after all that, its answer is
+// swallowed and the proxy's reply written in its stead. Inside MULTI, where
+// a PING would join the transaction, the place is counted instead.
+func (d *Dedicated) Reply(b []byte, inMulti bool) error {
 	if d.repliesOff || d.skipNext {
 		d.skipNext = false
 		return nil // Redis would answer nothing here
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if len(d.queue) == 0 && !d.state.Uncounted {
+	uncounted := d.uncountedLocked()
+	switch {
+	case inMulti && !uncounted && len(d.queue) == 0:
 		return d.toClient(b)
-	}
-	if d.uncountedLocked() {
+	case inMulti && !uncounted:
+	case uncounted:
 		d.wbuf.add(d.fence)
 		d.queue = append(d.queue, expect{fence: true})
+	default:
+		d.wbuf.add(d.fence)
+		d.queue = append(d.queue, expect{hide: true})
 	}
 	d.queue = append(d.queue, expect{local: append([]byte(nil), b...)})
 	return nil

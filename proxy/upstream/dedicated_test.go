@@ -407,11 +407,17 @@ func TestDedicatedReply(t *testing.T) {
 	sk := &sink{}
 	d := sk.dedicate(t, p, 2, 0)
 	defer d.Release()
-	if err := d.Reply([]byte("-ERR first\r\n")); err != nil || sk.take() != "-ERR first\r\n" {
-		t.Errorf("Reply with nothing owed: %v; not written at once", err)
+	if err := d.Reply([]byte("-ERR first\r\n"), true); err != nil || sk.take() != "-ERR first\r\n" {
+		t.Errorf("Reply inside MULTI with nothing owed: %v; not written at once", err)
+	}
+	if err := d.Reply([]byte("-ERR second\r\n"), false); err != nil {
+		t.Fatal(err)
+	}
+	if got := sk.settle(t, d); got != "-ERR second\r\n" {
+		t.Errorf("Reply with nothing owed: the client got %q (the fence PING's reply must not show)", got)
 	}
 	d.Send(cmd("BLPOP", "q", "1"), EffectNone, 0)
-	if err := d.Reply([]byte("-ERR x\r\n")); err != nil {
+	if err := d.Reply([]byte("-ERR x\r\n"), false); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.Flush(); err != nil {
@@ -438,7 +444,7 @@ func TestDedicatedReplyUncounted(t *testing.T) {
 	defer d.Release()
 	const confirm = "*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"
 	d.Send(cmd("SUBSCRIBE", "ch"), EffectUncounted, 0)
-	if err := d.Reply([]byte("-ERR x\r\n")); err != nil {
+	if err := d.Reply([]byte("-ERR x\r\n"), false); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.Flush(); err != nil {
@@ -455,7 +461,7 @@ func TestDedicatedReplyUncounted(t *testing.T) {
 	const msg = "*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhello\r\n"
 	waitFor(t, 3*time.Second, "message", func() bool { return sk.peek() == msg })
 	d.Send(cmd("PING", "p"), EffectNone, 0)
-	if err := d.Reply([]byte("-ERR y\r\n")); err != nil {
+	if err := d.Reply([]byte("-ERR y\r\n"), false); err != nil {
 		t.Fatal(err)
 	}
 	if got, want := sk.settle(t, d), msg+"*2\r\n$4\r\npong\r\n$1\r\np\r\n-ERR y\r\n"; got != want {
@@ -614,7 +620,7 @@ func TestDedicatedReplyOff(t *testing.T) {
 	d := sk.dedicate(t, p, 2, 0)
 	defer d.Release()
 	d.Send(cmd("CLIENT", "REPLY", "OFF"), EffectReplyOff, 0)
-	if err := d.Reply([]byte("-ERR refused\r\n")); err != nil {
+	if err := d.Reply([]byte("-ERR refused\r\n"), false); err != nil {
 		t.Fatal(err)
 	}
 	d.Send(cmd("CLIENT", "REPLY", "ON"), EffectReplyOn, 0)
