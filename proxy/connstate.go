@@ -149,7 +149,7 @@ func (s *session) tracking(req resp.Request) bool {
 		s.reply([]byte("+OK\r\n")) // off on a connection that never had it
 		return true
 	}
-	return s.onDedicated(req, upstream.EffectSticky, 0, failCommand)
+	return s.onDedicated(req, upstream.EffectSticky, failCommand)
 }
 
 var replyEffects = map[commands.ReplyMode]upstream.Effect{
@@ -175,5 +175,5 @@ func (s *session) clientReply(req resp.Request) bool {
 	if errText == "" {
 		e = replyEffects[m]
 	}
-	return s.onDedicated(req, e, 0, failCommand)
+	return s.onDedicated(req, e, failCommand)
 }

@@ -70,15 +70,15 @@ func (s *session) dispatch(req resp.Request) bool {
 	case commands.Exec, commands.Discard, commands.Unwatch:
 		return s.endTx(route, req)
 	case commands.Multi:
-		return s.onDedicated(req, upstream.EffectMulti, 0, failContext)
+		return s.onDedicated(req, upstream.EffectMulti, failContext)
 	case commands.Watch:
-		return s.onDedicated(req, upstream.EffectWatch, 0, failContext)
+		return s.onDedicated(req, upstream.EffectWatch, failContext)
 	case commands.Auth:
 		return s.auth(req)
 	case commands.Blocking:
-		return s.onDedicated(req, upstream.EffectNone, 0, failCommand)
+		return s.onDedicated(req, upstream.EffectNone, failCommand)
 	case commands.Subscribe:
-		return s.onDedicated(req, upstream.EffectUncounted, 0, failCommand)
+		return s.onDedicated(req, upstream.EffectUncounted, failCommand)
 	case commands.ClientTracking:
 		return s.tracking(req)
 	case commands.ClientReply:
@@ -90,7 +90,7 @@ func (s *session) dispatch(req resp.Request) bool {
 	if !commands.Known(args) {
 		e = upstream.EffectUnknown
 	}
-	return s.onDedicated(req, e, 0, failCommand)
+	return s.onDedicated(req, e, failCommand)
 }
 
 // shared forwards a plain request/reply command: batched on a shared
@@ -114,32 +114,25 @@ type onFailure uint8
 const (
 	failCommand onFailure = iota // this command gets an error
 	failContext                  // this and every command up to EXEC/DISCARD
-	failSession                  // the session is closed (AUTH: never run as the proxy's own user)
 )
 
 // onDedicated forwards a command on the session's dedicated connection,
 // leasing one first if needed.
-func (s *session) onDedicated(req resp.Request, e upstream.Effect, arg int, f onFailure) bool {
+func (s *session) onDedicated(req resp.Request, e upstream.Effect, f onFailure) bool {
 	if s.ded == nil {
 		if err := s.dedicate(); err != nil {
 			if errors.Is(err, errClientGone) {
 				return false
 			}
 			s.replyError(unavailable(err))
-			switch f {
-			case failContext:
-				s.failTx = true
-			case failSession:
-				s.writeOut()
-				return false
-			}
+			s.failTx = f == failContext
 			return true
 		}
 	}
 	if e == upstream.EffectMulti {
 		s.inMulti, s.txAborted = true, false
 	}
-	s.send(req.Raw, e, arg)
+	s.send(req.Raw, e, 0)
 	return true
 }
 
