@@ -20,6 +20,11 @@ import (
 // client gets Redis's own answer. A session whose AUTH cannot be checked
 // (Redis unreachable) is closed: it never goes on as the proxy's own user.
 
+// maxAuthRefusals is how many AUTHs with credentials Redis refuses on a new
+// connection a session may send; the next one closes it (a brute force
+// through the proxy would otherwise cost Redis a connection per guess).
+const maxAuthRefusals = 3
+
 // userPool returns the pool whose connections log in as user with
 // password: the configured one, or one made for clients' AUTH, shared by
 // every session that presented the same credentials (so a thousand clients
@@ -80,7 +85,14 @@ func (s *session) authenticate(user, password []byte, cmd []byte, proto int) (re
 	case err == nil:
 		return out, true // Redis refused: the session stays as it was
 	case errors.As(err, &re) && (re.Command == "AUTH" || re.Command == "HELLO"):
-		s.srv.dropUserPool(key, p) // Redis refused these credentials
+		// Redis refused these credentials on a new connection. Each such
+		// attempt costs Redis a connection, so a session gets a few.
+		s.srv.dropUserPool(key, p)
+		s.authRefusals++
+		if s.authRefusals > maxAuthRefusals {
+			s.log.Warn().Str("user", name).Int("refused", s.authRefusals).Msg("too many refused AUTH attempts; closing client")
+			return []byte("-" + re.Reply + "\r\n"), false
+		}
 		return []byte("-" + re.Reply + "\r\n"), true
 	}
 	s.log.Warn().Err(err).Str("user", name).Msg("cannot check the client's AUTH; closing client")

@@ -217,3 +217,30 @@ func TestTrackingRedirectToSession(t *testing.T) {
 	}
 	expectBytes(t, inv, "*3\r\n$7\r\nmessage\r\n$20\r\n__redis__:invalidate\r\n*1\r\n$6\r\ncached\r\n")
 }
+
+// TestAuthGuessesAreBounded: AUTH with credentials Redis refuses for a user
+// the proxy has no connections for costs Redis a connection each; a session
+// gets maxAuthRefusals of them, and the next one closes it.
+func TestAuthGuessesAreBounded(t *testing.T) {
+	e := startPlain(t, nil)
+	ctx := context.Background()
+	direct := e.direct(t)
+	if err := direct.Do(ctx, "ACL", "SETUSER", "carol", "on", ">carol-pw", "~*", "+@all").Err(); err != nil {
+		t.Fatal(err)
+	}
+	c := e.rawConn(t)
+	const wrong = "-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+	for i := 0; i < maxAuthRefusals; i++ {
+		roundTrip(t, c, cmd("AUTH", "carol", fmt.Sprintf("guess-%d", i)), wrong)
+	}
+	c.Write([]byte(cmd("AUTH", "carol", "guess-last") + cmd("PING")))
+	if got := failReadToClose(t, c, 10*time.Second); string(got) != wrong {
+		t.Fatalf("after %d refused AUTHs: %q; want the refusal, then the connection closed", maxAuthRefusals, got)
+	}
+	// The right password still works, on a new connection.
+	ok := e.rawConn(t)
+	roundTrip(t, ok, cmd("AUTH", "carol", "carol-pw")+cmd("ACL", "WHOAMI"), "+OK\r\n$5\r\ncarol\r\n")
+	if !contains(e.logs.String(), "too many refused AUTH attempts; closing client") {
+		t.Fatal("no log line for the closed session")
+	}
+}

@@ -60,9 +60,10 @@ type session struct {
 	db    int    // as set by SELECT
 	name  []byte // as set by CLIENT SETNAME or HELLO SETNAME
 
-	pool     *upstream.Pool // the configured user's, or the one the client's AUTH chose
-	clientID int64          // the session's own client id (sessionIDBase and up)
-	dedID    atomic.Int64   // Redis's id of ded, for other sessions' CLIENT TRACKING REDIRECT
+	pool         *upstream.Pool // the configured user's, or the one the client's AUTH chose
+	authRefusals int            // AUTHs Redis refused on a new connection (see maxAuthRefusals)
+	clientID     int64          // the session's own client id (sessionIDBase and up)
+	dedID        atomic.Int64   // Redis's id of ded, for other sessions' CLIENT TRACKING REDIRECT
 
 	closed atomic.Bool // the client's connection was closed
 
