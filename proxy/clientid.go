@@ -17,10 +17,11 @@ import (
 // whichever upstream connection it uses, as a client keeps its id in Redis.
 const sessionIDBase = 1 << 48
 
-// answerClientID answers CLIENT ID with the session's id. Where Redis would refuse
-// the command (a RESP2 subscribed connection) it gets it, and answers.
+// answerClientID answers CLIENT ID with the session's id. Where Redis would
+// not answer at once (inside MULTI it queues the command; a RESP2 subscribed
+// connection refuses it) it gets the command, and answers.
 func (s *session) answerClientID(req resp.Request) {
-	if s.ded != nil && s.uncounted {
+	if s.ded != nil && (s.uncounted || s.inMulti) {
 		s.send(req.Raw, upstream.EffectNone, 0)
 		return
 	}

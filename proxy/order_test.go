@@ -56,3 +56,16 @@ func TestNothingRunsAfterClientReset(t *testing.T) {
 		}
 	}
 }
+
+// TestClientIDInsideMulti: inside MULTI, CLIENT ID is queued like any
+// command (Redis answers +QUEUED and runs it at EXEC), not answered at once,
+// and it does not abort the transaction.
+func TestClientIDInsideMulti(t *testing.T) {
+	e := startPlain(t, nil)
+	c := e.rawConn(t)
+	c.Write([]byte(cmd("MULTI") + cmd("CLIENT", "ID") + cmd("SET", "tx:k", "v") + cmd("EXEC")))
+	got := readUntil(t, c, "\r\n+OK\r\n") // the id, then the SET inside EXEC's array
+	if !strings.HasPrefix(got, "+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n:") {
+		t.Fatalf("MULTI, CLIENT ID, SET, EXEC: %q", got)
+	}
+}
