@@ -237,12 +237,8 @@ func (d *Dedicated) Reply(b []byte, inMulti bool) error {
 	case inMulti && !uncounted && len(d.queue) == 0:
 		return d.toClient(b)
 	case inMulti && !uncounted:
-	case uncounted:
-		d.wbuf.add(d.fence)
-		d.queue = append(d.queue, expect{fence: true})
 	default:
-		d.wbuf.add(d.fence)
-		d.queue = append(d.queue, expect{hide: true})
+		d.fenceLocked(uncounted)
 	}
 	d.queue = append(d.queue, expect{local: append([]byte(nil), b...)})
 	return nil
@@ -255,9 +251,16 @@ func (d *Dedicated) Sync() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.uncountedLocked() && !d.repliesOff && !d.skipNext {
-		d.wbuf.add(d.fence)
-		d.queue = append(d.queue, expect{fence: true})
+		d.fenceLocked(true)
 	}
+}
+
+// fenceLocked queues the session's fence PING. Where replies are uncounted
+// its answer is recognised by its bytes; otherwise it is the next reply,
+// and swallowed.
+func (d *Dedicated) fenceLocked(uncounted bool) {
+	d.wbuf.add(d.fence)
+	d.queue = append(d.queue, expect{fence: uncounted, hide: !uncounted})
 }
 
 // Flush writes the queued commands.
