@@ -56,15 +56,28 @@ func (s *Server) dropUserPool(key string, p *upstream.Pool) {
 // isLeased reports whether id names a dedicated connection some session
 // holds, in any pool.
 func (s *Server) isLeased(id int64) bool {
-	if s.pool.IsLeased(id) {
-		return true
-	}
-	found := false
+	return s.anyPool(func(p *upstream.Pool) bool { return p.IsLeased(id) })
+}
+
+// isShared reports whether id or addr names a shared connection of any pool.
+func (s *Server) isShared(id int64, addr string) bool {
+	return s.anyPool(func(p *upstream.Pool) bool { return p.IsShared(id, addr) })
+}
+
+func (s *Server) anyPool(f func(*upstream.Pool) bool) bool {
+	found := f(s.pool)
 	s.users.Range(func(_, v any) bool {
-		found = v.(*upstream.Pool).IsLeased(id)
+		found = found || f(v.(*upstream.Pool))
 		return !found
 	})
 	return found
+}
+
+// setPool makes p the pool the session's commands use.
+func (s *session) setPool(p *upstream.Pool) {
+	s.pool = p
+	u := p.User()
+	s.user.Store(&u)
 }
 
 // authenticate serves AUTH and HELLO … AUTH on shared connections. cmd is
@@ -80,7 +93,7 @@ func (s *session) authenticate(user, password []byte, cmd []byte, proto int) (re
 	var re *upstream.ReplyError
 	switch {
 	case err == nil && out[0] != '-':
-		s.pool = p
+		s.setPool(p)
 		return out, true
 	case err == nil:
 		return out, true // Redis refused: the session stays as it was

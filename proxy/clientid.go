@@ -49,8 +49,9 @@ func (s *session) clientInfo(req resp.Request) {
 	}
 }
 
-// ownInfo rewrites the id= and name= fields of a CLIENT INFO reply (a bulk
-// or RESP3 verbatim string) to the session's.
+// ownInfo rewrites the id=, name=, addr= and laddr= fields of a CLIENT INFO
+// reply (a bulk or RESP3 verbatim string) to the session's: its address is
+// the client's, as the proxy sees it.
 func (s *session) ownInfo(reply []byte) []byte {
 	head := bytes.IndexByte(reply, '\n')
 	if head < 0 || len(reply) < head+3 {
@@ -68,6 +69,10 @@ func (s *session) ownInfo(reply []byte) []byte {
 			fields[i] = strconv.AppendInt([]byte("id="), s.clientID, 10)
 		case bytes.HasPrefix(f, []byte("name=")):
 			fields[i] = append([]byte("name="), s.name...)
+		case bytes.HasPrefix(f, []byte("addr=")):
+			fields[i] = []byte("addr=" + s.addr)
+		case bytes.HasPrefix(f, []byte("laddr=")):
+			fields[i] = []byte("laddr=" + s.laddr)
 		}
 	}
 	line := append(append(append([]byte(nil), prefix...), bytes.Join(fields, []byte(" "))...), '\n')
@@ -101,7 +106,10 @@ func setConnID(reply []byte, id int64) []byte {
 // (a shared or idle connection, or a session without a dedicated one).
 func (s *session) redirectTarget(id int64) int64 {
 	if v, ok := s.srv.ids.Load(id); ok {
-		return v.(*session).dedID.Load()
+		if d := v.(*session).dedAt.Load(); d != nil {
+			return d.ID()
+		}
+		return 0
 	}
 	if s.srv.isLeased(id) {
 		return id

@@ -15,7 +15,6 @@ import (
 // Errors the proxy answers itself.
 const (
 	errNoDedicated   = "ERR upstream unavailable: no dedicated connection for this transaction; every command up to EXEC or DISCARD fails"
-	errClientKill    = "ERR CLIENT KILL and CLIENT UNBLOCK are not available through tlsproxy: connections to Redis are shared by many clients"
 	errWaitShared    = "ERR WAIT counts this connection's writes, which went over a connection shared with other clients; it is only available through tlsproxy inside a session on a dedicated connection (after WATCH, MULTI, ...)"
 	errRedirectOther = "ERR CLIENT TRACKING REDIRECT through tlsproxy must name a client of the proxy (its CLIENT ID) that holds a connection of its own, such as one subscribed to __redis__:invalidate"
 )
@@ -40,9 +39,14 @@ func (s *session) dispatch(req resp.Request) bool {
 	case commands.Refused:
 		s.replyError(commands.RefusalReason(args))
 		return true
-	case commands.ClientKill, commands.ClientUnblock:
-		s.replyError(errClientKill)
-		return true
+	case commands.ClientKill:
+		return s.clientKill(req)
+	case commands.ClientUnblock:
+		return s.clientUnblock(req)
+	case commands.Replicate:
+		return s.replicate(req)
+	case commands.ReplConf:
+		return s.replconf(req)
 	case commands.Quit:
 		return s.quit(req)
 	case commands.Reset:
@@ -78,6 +82,9 @@ func (s *session) dispatch(req resp.Request) bool {
 	case commands.Blocking:
 		return s.onDedicated(req, upstream.EffectNone, failCommand)
 	case commands.Subscribe:
+		if commands.Keyword(args[0], "subscribe") || commands.Keyword(args[0], "psubscribe") || commands.Keyword(args[0], "ssubscribe") {
+			s.kind.Store(uint32(typePubSub)) // as CLIENT KILL TYPE sees it
+		}
 		return s.onDedicated(req, upstream.EffectUncounted, failCommand)
 	case commands.ClientTracking:
 		return s.tracking(req)

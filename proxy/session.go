@@ -63,9 +63,18 @@ type session struct {
 	pool         *upstream.Pool // the configured user's, or the one the client's AUTH chose
 	authRefusals int            // AUTHs Redis refused on a new connection (see maxAuthRefusals)
 	clientID     int64          // the session's own client id (sessionIDBase and up)
-	dedID        atomic.Int64   // Redis's id of ded, for other sessions' CLIENT TRACKING REDIRECT
+
+	// What other sessions may read: for CLIENT KILL, CLIENT UNBLOCK and
+	// CLIENT TRACKING REDIRECT naming this session.
+	started time.Time
+	addr    string                             // the client's address (CLIENT LIST's addr=)
+	laddr   string                             // the proxy's address the client reached
+	dedAt   atomic.Pointer[upstream.Dedicated] // ded
+	user    atomic.Pointer[string]             // the Redis user the session's commands run as
+	kind    atomic.Uint32                      // clientType
 
 	closed atomic.Bool // the client's connection was closed
+	killed atomic.Bool // by another session's CLIENT KILL
 
 	ded        *upstream.Dedicated
 	uncounted  bool // ded was sent a command after which replies are not countable
@@ -87,7 +96,12 @@ func newSession(srv *Server, conn *tls.Conn, id tlsconf.Identity) *session {
 		db:    srv.defaultDB,
 		pool:  srv.pool,
 		log:   srv.log.With().Str("remote", conn.RemoteAddr().String()).Object("identity", id).Logger(),
+
+		started: time.Now(),
+		addr:    conn.RemoteAddr().String(),
+		laddr:   conn.LocalAddr().String(),
 	}
+	s.setPool(srv.pool)
 	s.clientID = sessionIDBase + srv.lastID.Add(1)
 	srv.ids.Store(s.clientID, s)
 	s.rd = resp.NewRequestReader(conn, srv.cfg.Listen.MaxRequestBytes, maxBulkLen)
@@ -248,7 +262,7 @@ func (s *session) dedicate() error {
 		return err
 	}
 	s.ded = d
-	s.dedID.Store(d.ID())
+	s.dedAt.Store(d)
 	if s.name != nil {
 		// The name the proxy kept goes with the session.
 		d.SendHidden(redcon.AppendBulk(redcon.AppendBulkString(redcon.AppendBulkString(
@@ -264,7 +278,7 @@ func (s *session) release() {
 	st := s.ded.State()
 	s.ded.Release()
 	s.ded = nil
-	s.dedID.Store(0)
+	s.dedAt.Store(nil)
 	s.proto, s.db = st.Proto, st.DB
 	s.inMulti, s.txAborted, s.dedForLife, s.uncounted = false, false, false, false
 }
@@ -309,7 +323,11 @@ func (s *session) waitDedicated() bool {
 // closed it after QUIT (nil): the client's connection state is gone, so its
 // connection is closed, as Redis would close it.
 func (s *session) upstreamFailed(err error) {
-	if err != nil {
+	switch {
+	case s.killed.Load(): // logged by kill
+	case clientType(s.kind.Load()) == typeReplica:
+		s.log.Info().AnErr("reason", err).Msg("Redis ended the replication stream; closing client")
+	case err != nil:
 		s.log.Warn().Err(err).Msg("dedicated upstream connection failed; closing client")
 	}
 	s.closeClient()
@@ -357,7 +375,7 @@ func (s *session) end() {
 	// Closing the client first wakes a dedicated reader blocked writing to it.
 	s.conn.Close()
 	if s.ded != nil {
-		s.dedID.Store(0)
+		s.dedAt.Store(nil)
 		s.ded.Release()
 		s.ded = nil
 	}

@@ -28,8 +28,10 @@ var paths = [...]string{
 	ClientInfo:     "on shared connections, the shared connection's line with the session's id and name; on the dedicated connection, that connection's line",
 	ClientTracking: "`ON`: dedicated for the rest of the session, invalidations forwarded in order; `REDIRECT` only to a connection a client holds, never a shared one. `OFF` without tracking: answered `+OK`",
 	ClientReply:    "`OFF`/`SKIP`: dedicated for the rest of the session. `ON` without them: answered `+OK`",
-	ClientKill:     "refused: the connections it could name may be shared",
-	ClientUnblock:  "refused: the connection it names may be shared",
+	ClientKill:     "with an `ID` or `ADDR` that names a client of the proxy (its session id or address, or its dedicated connection's id or address as Redis's `CLIENT LIST` shows them): the other filters are checked against that client, which is closed, together with its dedicated connection. Without `ID` or `ADDR`, or naming a shared connection: refused with an error saying why. Redis checks the syntax first, so malformed forms get Redis's own errors",
+	ClientUnblock:  "forwarded with the id of the dedicated connection of the client named (by session id or Redis id); a client without one is not blocked (`0`); a shared connection's id is refused",
+	Replicate:      "on the session's dedicated connection; once Redis accepts it, bytes are copied both ways without parsing until either side closes. Refused after commands that made replies uncountable (subscriptions, `MONITOR`, `CLIENT REPLY OFF`)",
+	ReplConf:       "dedicated for the rest of the session (a `SYNC`/`PSYNC` follows on the same connection)",
 	Wait:           "forwarded when the session holds a dedicated connection (counting the writes made on it); refused otherwise",
 	Refused:        "refused with an error saying why",
 }

@@ -200,9 +200,9 @@ var routeTests = []struct {
 	{"waitaof 0 1 0", Wait},
 
 	// Never forwarded.
-	{"SYNC", Refused},
-	{"PSYNC ? -1", Refused},
-	{"replconf listening-port 6380", Refused},
+	{"replconf listening-port 6380", ReplConf},
+	{"sync", Replicate},
+	{"PSYNC ? -1", Replicate},
 }
 
 func TestClassify(t *testing.T) {
@@ -229,8 +229,8 @@ func TestClassifyAgreesWithTable(t *testing.T) {
 }
 
 func TestRefusalReason(t *testing.T) {
-	if got := RefusalReason(byteArgs("psync ? -1")); got != refusal || !strings.HasPrefix(got, "ERR ") {
-		t.Errorf("RefusalReason(PSYNC) = %q", got)
+	if got := RefusalReason(byteArgs("script debug SYNC")); got != refusalDebugSync || !strings.HasPrefix(got, "ERR ") {
+		t.Errorf("RefusalReason(SCRIPT DEBUG SYNC) = %q", got)
 	}
 	if got := RefusalReason(byteArgs("GET k")); got != "" {
 		t.Errorf("RefusalReason(GET) = %q, want none", got)
@@ -272,7 +272,7 @@ func TestRouteString(t *testing.T) {
 			t.Errorf("route %d has no name", r)
 		}
 	}
-	if s := (Refused + 1).String(); s != "Route(25)" {
+	if s := (Refused + 1).String(); s != "Route(27)" {
 		t.Errorf("an unknown route reads %q", s)
 	}
 }

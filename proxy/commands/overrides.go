@@ -93,7 +93,8 @@ var overrides = []override{
 	{names: []string{"client|reply"}, route: ClientReply, why: "`OFF` and `SKIP` suppress replies, which the proxy counts"},
 	{names: []string{"client|kill"}, route: ClientKill, why: "names other connections, which may be shared ones"},
 	{names: []string{"client|unblock"}, route: ClientUnblock, why: "names another connection, which may be a shared one"},
-	{names: []string{"sync", "psync", "replconf"}, route: Refused, why: "a replication stream is not request/reply; replication does not go through the proxy"},
+	{names: []string{"sync", "psync"}, route: Replicate, why: "once Redis accepts it, the connection carries a replication stream (the RDB, then the commands), not requests and replies"},
+	{names: []string{"replconf"}, route: ReplConf, why: "configures the replication stream a `SYNC`/`PSYNC` on the same connection starts; `REPLCONF ACK`/`GETACK` get no reply"},
 }
 
 // newerThanTable lists overridden commands that Redis versions newer than
@@ -104,11 +105,8 @@ var newerThanTable = map[string]string{
 	"client|setinfo": "7.2.0",
 }
 
-// Errors Refused commands get.
-const (
-	refusal          = "ERR replication commands (SYNC, PSYNC, REPLCONF) are not available through tlsproxy"
-	refusalDebugSync = "ERR SCRIPT DEBUG SYNC is not available through tlsproxy: it stops the Redis server for every client; use SCRIPT DEBUG YES"
-)
+// refusalDebugSync is the error SCRIPT DEBUG SYNC gets.
+const refusalDebugSync = "ERR SCRIPT DEBUG SYNC is not available through tlsproxy: it stops the Redis server for every client; use SCRIPT DEBUG YES"
 
 // scriptDebugRoute refuses SCRIPT DEBUG SYNC and gives any other mode (or a
 // malformed one, which Redis rejects) a dedicated connection.

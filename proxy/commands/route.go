@@ -59,6 +59,11 @@ const (
 	ClientUnblock
 	// Wait: WAIT and WAITAOF count this connection's writes.
 	Wait
+	// Replicate: SYNC and PSYNC; once Redis accepts, the connection carries
+	// a replication stream, not requests and replies.
+	Replicate
+	// ReplConf: REPLCONF, the exchange before SYNC/PSYNC.
+	ReplConf
 	// Refused: never forwarded; RefusalReason gives the error.
 	Refused
 )
@@ -71,7 +76,7 @@ var routeNames = [...]string{
 	ClientID: "client-id", ClientInfo: "client-info",
 	ClientTracking: "client-tracking", ClientReply: "client-reply",
 	ClientKill: "client-kill", ClientUnblock: "client-unblock",
-	Wait: "wait", Refused: "refused",
+	Wait: "wait", Replicate: "replicate", ReplConf: "replconf", Refused: "refused",
 }
 
 func (r Route) String() string {
@@ -124,10 +129,7 @@ func RefusalReason(args [][]byte) string {
 	if Classify(args) != Refused {
 		return ""
 	}
-	if len(args) > 1 && Keyword(args[0], "script") {
-		return refusalDebugSync
-	}
-	return refusal
+	return refusalDebugSync // the only command refused whatever its arguments
 }
 
 // decision is a route and its reason.

@@ -413,6 +413,26 @@ func (r *RequestReader) next(n int) {
 	r.phase = reqStart
 }
 
+// After returns what the client sent after req, a request of the last Read:
+// the requests parsed after it (an inline one as its multibulk encoding;
+// ignored ones left out) followed by the bytes not parsed yet. It is for a
+// session that stops parsing at req and passes the rest on unread (a
+// replication stream).
+func (r *RequestReader) After(req Request) []byte {
+	if r.b == nil {
+		return nil
+	}
+	var out []byte
+	found := false
+	for _, q := range r.b.reqs {
+		if found {
+			out = append(out, q.Raw...)
+		}
+		found = found || &q.Raw[0] == &req.Raw[0]
+	}
+	return append(out, r.b.data[r.start:]...)
+}
+
 // lineEnd returns the index of the first delim in line, or -1 if there is
 // none yet. It searches like Redis's strchr: a NUL byte ends the search, and
 // Redis gives up on a line once more than maxLine bytes have arrived without

@@ -525,6 +525,36 @@ func TestFillKeepsRequests(t *testing.T) {
 	}
 }
 
+// TestAfter: what follows a request (the requests parsed after it, an
+// inline one re-encoded, and the bytes not parsed yet, also after a Fill that
+// moved them to a larger buffer) is handed over whole and in order.
+func TestAfter(t *testing.T) {
+	tail := strings.Repeat("x", 40<<10) // makes Fill grow the buffer
+	src := &stepReader{pieces: []string{
+		"SYNC\r\n*1\r\n$4\r\nPING\r\n*0\r\nECHO a\r\n*2\r\n$4\r\nEC",
+		tail,
+	}}
+	r := NewRequestReader(src, 1<<20, defaultMaxBulk)
+	reqs, err := r.Read()
+	if err != nil || len(reqs) != 3 || string(reqs[0].Args[0]) != "SYNC" {
+		t.Fatalf("Read = %q, %v", reqs, err)
+	}
+	for {
+		if err := r.Fill(); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatalf("Fill: %v", err)
+		}
+	}
+	want := "*1\r\n$4\r\nPING\r\n*2\r\n$4\r\nECHO\r\n$1\r\na\r\n*2\r\n$4\r\nEC" + tail
+	if got := string(r.After(reqs[0])); got != want {
+		t.Fatalf("After(SYNC) = %.80q..., want %.80q...", got, want)
+	}
+	if got := string(r.After(reqs[2])); got != "*2\r\n$4\r\nEC"+tail {
+		t.Fatalf("After(the last request) = %.40q...", got)
+	}
+}
+
 func TestFillBufferFull(t *testing.T) {
 	r := NewRequestReader(&stepReader{pieces: []string{"PING\r\nPI", "NG\r\nPING\r\nPING\r\nPING\r\n"}}, 16, defaultMaxBulk)
 	if reqs, err := r.Read(); err != nil || len(reqs) != 1 {

@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"context"
+	"net"
 	"sync"
 	"time"
 
@@ -60,6 +61,10 @@ const (
 	// client gets EXECABORT, as Redis answers when it rejected a command
 	// while queuing.
 	EffectAbortExec
+	// EffectReplicate: SYNC or PSYNC. An error reply is a reply like any
+	// other; anything else starts a replication stream (State.Streaming),
+	// which the reader forwards as bytes from then on.
+	EffectReplicate
 )
 
 // State is what the proxy knows of a dedicated connection, learned from
@@ -72,6 +77,7 @@ type State struct {
 	Sticky     bool // state the proxy does not track
 	Uncounted  bool // replies can no longer be counted
 	NeedsSetUp bool // a RESET logged the connection out
+	Streaming  bool // Redis accepted SYNC/PSYNC: bytes, not replies, from here on
 }
 
 // Clean reports whether the connection holds nothing of its client's: it can
@@ -85,7 +91,7 @@ func (s State) Clean() bool {
 // proxy does not track, replies still countable. (A name is the session's
 // own, kept by the proxy; RESET clears it from the connection.)
 func (s State) Releasable() bool {
-	return !s.Multi && !s.Watching && !s.Sticky && !s.Uncounted
+	return !s.Multi && !s.Watching && !s.Sticky && !s.Uncounted && !s.Streaming
 }
 
 type expect struct {
@@ -127,6 +133,12 @@ type Dedicated struct {
 	err      error // why the reader stopped
 	stopping bool
 	quitting bool
+	released bool // Release has begun: the connection is no longer the session's
+	killed   bool // closed by Kill
+
+	// hold keeps Release waiting while another session acts on the
+	// connection through Redis (CLIENT UNBLOCK names it by its id).
+	hold sync.RWMutex
 }
 
 // Dedicate leases a dedicated connection for a session speaking proto in
@@ -155,6 +167,61 @@ func (p *Pool) Dedicate(ctx context.Context, proto, db int, token string, toClie
 
 // ID is Redis's CLIENT ID of the connection.
 func (d *Dedicated) ID() int64 { return d.c.id }
+
+// Addr is the connection's address as Redis's CLIENT LIST shows it (addr=),
+// or "" for a unix socket, where Redis shows every client alike.
+func (d *Dedicated) Addr() string { return tcpAddr(d.c.raw.LocalAddr()) }
+
+// RedisAddr is Redis's end of the connection (CLIENT LIST's laddr=), or ""
+// for a unix socket.
+func (d *Dedicated) RedisAddr() string { return tcpAddr(d.c.raw.RemoteAddr()) }
+
+func tcpAddr(a net.Addr) string {
+	if _, ok := a.(*net.TCPAddr); !ok {
+		return ""
+	}
+	return a.String()
+}
+
+// Hold keeps the connection the session's until Unhold: Release waits. It
+// reports false, holding nothing, once Release has begun.
+func (d *Dedicated) Hold() bool {
+	d.hold.RLock()
+	d.mu.Lock()
+	released := d.released
+	d.mu.Unlock()
+	if released {
+		d.hold.RUnlock()
+		return false
+	}
+	return true
+}
+
+// Unhold ends a Hold.
+func (d *Dedicated) Unhold() { d.hold.RUnlock() }
+
+// Kill closes the connection unless it has been released, and reports
+// whether it did. Redis then frees the client (ending a blocked command,
+// subscriptions, a replication stream); the connection never goes back to
+// the pool, so its id names no one else's connection afterwards, and onFail
+// is not called: the killer ends the session.
+func (d *Dedicated) Kill() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.released {
+		return false
+	}
+	d.killed = true
+	d.c.Close()
+	return true
+}
+
+// WriteStream writes bytes of a replication stream to Redis (State.Streaming).
+func (d *Dedicated) WriteStream(p []byte) error {
+	d.c.nc.SetWriteDeadline(time.Now().Add(d.c.opts.WriteTimeout))
+	_, err := d.c.nc.Write(p)
+	return err
+}
 
 // Send queues a command for the next Flush and records the reply it is owed.
 // Once replies are uncounted, nothing is recorded.
@@ -301,7 +368,10 @@ func (d *Dedicated) State() State {
 // it holds state RESET clears, and closed otherwise (replies owed, replies
 // uncountable, state the proxy does not track, or a failure).
 func (d *Dedicated) Release() {
+	d.hold.Lock()
 	d.mu.Lock()
+	d.released = true
+	d.hold.Unlock()
 	d.stopping = true
 	owed := len(d.queue) > 0
 	d.mu.Unlock()
@@ -314,7 +384,7 @@ func (d *Dedicated) Release() {
 	st := d.state
 	mode := Clean
 	switch {
-	case owed || d.err != nil || st.Sticky || st.Uncounted || d.c.scan.InReply() || d.c.r != d.c.w:
+	case owed || d.err != nil || d.killed || st.Sticky || st.Uncounted || st.Streaming || d.c.scan.InReply() || d.c.r != d.c.w:
 		mode = Broken
 	case !st.Clean():
 		mode = Dirty

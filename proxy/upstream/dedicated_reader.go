@@ -17,7 +17,7 @@ func (d *Dedicated) readLoop() {
 	err := d.forward()
 	d.mu.Lock()
 	quit := d.quitting && (errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed))
-	if d.stopping || errors.Is(err, errStopped) || quit {
+	if d.stopping || d.killed || errors.Is(err, errStopped) || quit {
 		err = nil
 	}
 	if quit {
@@ -84,6 +84,10 @@ func (d *Dedicated) process() error {
 		if len(p) == 0 {
 			break
 		}
+		if d.state.Streaming {
+			c.r = c.w // a replication stream: bytes, forwarded as they come
+			break
+		}
 		if d.state.Uncounted && !c.scan.InReply() {
 			if d.headIsFence() {
 				f, partial := d.matchFence(p)
@@ -127,6 +131,14 @@ func (d *Dedicated) process() error {
 			return errors.New("reply from Redis that no command asked for")
 		}
 		e := d.queue[0]
+		if e.effect == EffectReplicate && !c.scan.InReply() && p[0] != '-' && p[0] != '!' {
+			// Redis accepted SYNC/PSYNC: what follows is its replication
+			// stream (+FULLRESYNC or +CONTINUE, keep-alive newlines, the
+			// RDB payload, then commands), not replies.
+			d.state.Streaming = true
+			d.pop()
+			continue
+		}
 		if !c.scan.InReply() {
 			d.headN = 0
 		}

@@ -306,6 +306,27 @@ func (p *Pool) IsLeased(id int64) bool {
 	return ok
 }
 
+// IsShared reports whether id (Redis's CLIENT ID) or addr (the address
+// Redis's CLIENT LIST shows, addr=) names one of the pool's shared
+// connections. Empty or zero arguments match nothing.
+func (p *Pool) IsShared(id int64, addr string) bool {
+	found := false
+	p.shared.Range(func(_, v any) bool {
+		for _, s := range v.([]*sharedSlot) {
+			m := s.m.Load()
+			if m == nil {
+				continue
+			}
+			if id != 0 && m.c.id == id || addr != "" && tcpAddr(m.c.raw.LocalAddr()) == addr {
+				found = true
+				return false
+			}
+		}
+		return true
+	})
+	return found
+}
+
 // ReleaseMode says what state a leased connection comes back in.
 type ReleaseMode int
 
