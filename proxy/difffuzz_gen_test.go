@@ -562,9 +562,16 @@ func (g *dfGen) blocking() []dfStep {
 }
 
 // state draws a command that changes the connection: SELECT, CLIENT
-// SETNAME/GETNAME, HELLO 2|3, PERSIST+TTL on a key of the new database.
+// SETNAME/GETNAME, HELLO 2|3, PERSIST+TTL on a key of the new database; or a
+// CLIENT KILL/UNBLOCK that names no client (malformed or not), which must
+// be answered as Redis answers it in every mode, subscribed included.
 func (g *dfGen) state() []dfStep {
-	switch g.rng.IntN(5) {
+	switch g.rng.IntN(6) {
+	case 5:
+		return []dfStep{g.command(strings.Fields(g.oneOf(
+			"CLIENT KILL ID 99999999", "CLIENT KILL 10.9.9.9:1", "CLIENT KILL ADDR 10.9.9.9:1 SKIPME no",
+			"CLIENT KILL ID 99999999 TYPE nosuchtype", "CLIENT KILL ID 0", "CLIENT KILL ID 5 USER",
+			"CLIENT UNBLOCK 99999999", "CLIENT UNBLOCK 99999999 ERROR", "CLIENT UNBLOCK x"))...)}
 	case 0:
 		return []dfStep{g.command("SELECT", g.oneOf("0", "1", "2", "3"))}
 	case 1:

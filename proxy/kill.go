@@ -66,6 +66,10 @@ func (s *session) clientKill(req resp.Request) bool {
 		s.replyError(errKillInMulti)
 		return true
 	}
+	if s.redisMayRefuse() {
+		s.send(encode(noMatchKill(args)), upstream.EffectNone, 0)
+		return true
+	}
 	if !s.settle() {
 		return false
 	}
@@ -73,14 +77,7 @@ func (s *session) clientKill(req resp.Request) bool {
 	if f.legacy {
 		f.addr = string(args[2])
 	} else {
-		probe := args
-		if len(args)%2 == 0 {
-			// The last filter wins in Redis: ID unmatchedID makes the copy
-			// match nothing. (With an odd number of arguments Redis refuses
-			// the command whatever it says, so it goes as it is.)
-			probe = append(append(probe[:len(probe):len(probe)], []byte("ID")), []byte(strconv.FormatInt(unmatchedID, 10)))
-		}
-		if reply, ok := s.ask(encode(probe)); !ok || reply[0] != ':' {
+		if reply, ok := s.ask(encode(noMatchKill(args))); !ok || reply[0] != ':' {
 			if ok {
 				s.reply(reply)
 			}
@@ -125,6 +122,29 @@ func (s *session) clientKill(req resp.Request) bool {
 		s.reply([]byte("+OK\r\n"))
 	}
 	return !self // a client that killed itself gets the reply, then is closed
+}
+
+// noMatchKill is a copy of a CLIENT KILL that Redis checks as it checks the
+// original, but that matches no connection: the last filter wins in Redis,
+// and ID unmatchedID names no one. With an odd number of arguments Redis
+// refuses the command whatever it says, so it stays as it is; the old form
+// gets an address no client connects from.
+func noMatchKill(args [][]byte) [][]byte {
+	switch {
+	case len(args) == 3:
+		return [][]byte{args[0], args[1], []byte("0.0.0.0:0")}
+	case len(args)%2 == 1:
+		return args
+	}
+	return append(args[:len(args):len(args)], []byte("ID"), []byte(strconv.FormatInt(unmatchedID, 10)))
+}
+
+// redisMayRefuse reports whether Redis may refuse any command on the
+// session's dedicated connection (a RESP2 subscriber: the proxy counts
+// neither subscriptions nor which HELLO Redis accepted once replies are
+// uncounted), so that only Redis can answer.
+func (s *session) redisMayRefuse() bool {
+	return s.ded != nil && s.uncounted
 }
 
 func parseKillFilter(args [][]byte) killFilter {
@@ -237,11 +257,20 @@ func (s *session) clientUnblock(req resp.Request) bool {
 		s.replyError(errKillInMulti)
 		return true
 	}
+	id, ok := resp.ParseInt(args[2])
+	valid := ok && (len(args) == 3 || len(args) == 4 && (commands.Keyword(args[3], "timeout") || commands.Keyword(args[3], "error")))
+	if s.redisMayRefuse() {
+		fwd := req.Raw
+		if valid {
+			fwd = encode(append([][]byte{args[0], args[1], []byte(strconv.FormatInt(unmatchedID, 10))}, args[3:]...))
+		}
+		s.send(fwd, upstream.EffectNone, 0)
+		return true
+	}
 	if !s.settle() {
 		return false
 	}
-	id, ok := resp.ParseInt(args[2])
-	if len(args) > 4 || len(args) == 4 && !commands.Keyword(args[3], "timeout") && !commands.Keyword(args[3], "error") || !ok {
+	if !valid {
 		// Redis refuses it before it looks for a client: its own error.
 		if reply, ok := s.ask(req.Raw); ok {
 			s.reply(reply)

@@ -232,3 +232,53 @@ func TestClientUnblock(t *testing.T) {
 		t.Fatalf("the unblocked BLPOP: %q, want a timeout", got)
 	}
 }
+
+// TestClientKilledInRedis: an operator who kills a dedicated connection in
+// Redis directly (redis-cli on the Redis host) closes its client as Redis
+// would: the client's state went with the connection.
+func TestClientKilledInRedis(t *testing.T) {
+	e := startPlain(t, nil)
+	c := safetyProxy(t, e)
+	c.send(t, cmd("BLPOP", "killed:q", "0"))
+	dedID := safetyInfoField(blockedConn(t, e, "blpop"), "id")
+	if n, err := e.direct(t).Do(context.Background(), "CLIENT", "KILL", "ID", dedID).Int(); err != nil || n != 1 {
+		t.Fatalf("CLIENT KILL ID %s directly: %d, %v", dedID, n, err)
+	}
+	c.expectClosed(t)
+}
+
+// TestKillFilterMatches checks the filters Redis 7.0 cannot exercise here
+// (MAXAGE is Redis 7.4's) and the names a session answers to.
+func TestKillFilterMatches(t *testing.T) {
+	s := &session{clientID: sessionIDBase + 7, addr: "127.0.0.1:5000", laddr: "127.0.0.1:6380", started: time.Now().Add(-90 * time.Second)}
+	u := "app"
+	s.user.Store(&u)
+	for _, tc := range []struct {
+		args string
+		want bool
+	}{
+		{"ID 281474976710663", true},
+		{"ID 281474976710664", false},
+		{"ADDR 127.0.0.1:5000 MAXAGE 60", true},
+		{"ADDR 127.0.0.1:5000 MAXAGE 120", false},
+		{"ADDR 127.0.0.1:5000 LADDR 127.0.0.1:6380 USER app TYPE normal", true},
+		{"ADDR 127.0.0.1:5000 LADDR 127.0.0.1:6379", false},
+		{"ADDR 127.0.0.1:5000 USER default", false},
+		{"ADDR 127.0.0.1:5000 TYPE slave", false},
+		{"ID 281474976710663 ADDR 127.0.0.1:5001", false},
+	} {
+		args := [][]byte{[]byte("CLIENT"), []byte("KILL")}
+		for _, a := range strings.Fields(tc.args) {
+			args = append(args, []byte(a))
+		}
+		f := parseKillFilter(args)
+		if got := s.matches(&f); got != tc.want {
+			t.Errorf("CLIENT KILL %s matches %v, want %v", tc.args, got, tc.want)
+		}
+	}
+	s.kind.Store(uint32(typeReplica))
+	f := parseKillFilter([][]byte{[]byte("CLIENT"), []byte("KILL"), []byte("ID"), []byte("281474976710663"), []byte("TYPE"), []byte("SLAVE")})
+	if !s.matches(&f) {
+		t.Error("a replication stream is not TYPE slave")
+	}
+}
