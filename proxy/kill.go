@@ -58,12 +58,8 @@ type killFilter struct {
 // against it.
 func (s *session) clientKill(req resp.Request) bool {
 	args := req.Args
-	if msg := arityError(args); msg != "" {
+	if msg := s.namingRefusal(args); msg != "" {
 		s.replyError(msg)
-		return true
-	}
-	if s.inMulti {
-		s.replyError(errKillInMulti)
 		return true
 	}
 	if s.redisMayRefuse() {
@@ -137,6 +133,18 @@ func noMatchKill(args [][]byte) [][]byte {
 		return args
 	}
 	return append(args[:len(args):len(args)], []byte("ID"), []byte(strconv.FormatInt(unmatchedID, 10)))
+}
+
+// namingRefusal is the error a CLIENT KILL or UNBLOCK gets before anything
+// else: Redis's arity error, or the proxy's refusal inside MULTI; "" if none.
+func (s *session) namingRefusal(args [][]byte) string {
+	if msg := arityError(args); msg != "" {
+		return msg
+	}
+	if s.inMulti {
+		return errKillInMulti
+	}
+	return ""
 }
 
 // redisMayRefuse reports whether Redis may refuse any command on the
@@ -249,12 +257,8 @@ func killByID(id int64) [][]byte {
 // (it cannot go back to the pool and to someone else meanwhile).
 func (s *session) clientUnblock(req resp.Request) bool {
 	args := req.Args
-	if msg := arityError(args); msg != "" {
+	if msg := s.namingRefusal(args); msg != "" {
 		s.replyError(msg)
-		return true
-	}
-	if s.inMulti {
-		s.replyError(errKillInMulti)
 		return true
 	}
 	id, ok := resp.ParseInt(args[2])
