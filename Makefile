@@ -30,7 +30,7 @@ all: build
 deps:
 	@missing=""; \
 	pkgs=""; \
-	for b in redis-server:redis-server redis-cli:redis-tools redis-benchmark:redis-tools ss:iproute2 openssl:openssl; do \
+	for b in redis-server:redis-server redis-cli:redis-tools redis-benchmark:redis-tools ss:iproute2 openssl:openssl promtool:prometheus; do \
 	  command -v "$${b%%:*}" >/dev/null 2>&1 || { missing="$$missing $${b%%:*}"; pkgs="$$pkgs $${b##*:}"; }; \
 	done; \
 	if [ -n "$$missing" ]; then \

@@ -42,7 +42,7 @@ func (s *session) clientInfo(req resp.Request) {
 	}
 	s.flushShared()
 	start := len(s.out)
-	s.batch.Cmds = append(s.batch.Cmds, req.Raw)
+	s.queue(req.Raw)
 	s.flushShared()
 	if info := s.out[start:]; len(info) > 0 && (info[0] == '$' || info[0] == '=') {
 		s.out = append(s.out[:start], s.ownInfo(info)...)

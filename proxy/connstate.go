@@ -54,7 +54,7 @@ func (s *session) hello(req resp.Request) bool {
 	old := s.proto
 	s.proto = proto
 	start := len(s.out)
-	s.batch.Cmds = append(s.batch.Cmds, helloCmd[proto-2])
+	s.queue(helloCmd[proto-2])
 	s.flushShared()
 	if len(s.out) > start && s.out[start] == '-' {
 		s.proto = old // Redis refused: nothing changed

@@ -24,7 +24,9 @@ const (
 // counters belong.
 func (s *session) dispatch(req resp.Request) bool {
 	args := req.Args
-	route := commands.Classify(args)
+	route, id := commands.Resolve(args)
+	s.srv.stats.commands[id].Add(1)
+	s.route, s.cmdID = route, uint16(id)
 	if s.failTx && route != commands.Quit && route != commands.Reset {
 		s.replyError(errNoDedicated)
 		if route == commands.Exec || route == commands.Discard {
@@ -112,7 +114,7 @@ func (s *session) shared(req resp.Request) {
 		}
 		s.release()
 	}
-	s.batch.Cmds = append(s.batch.Cmds, req.Raw)
+	s.queue(req.Raw)
 }
 
 // onFailure says what a failed lease of a dedicated connection costs.
@@ -126,6 +128,9 @@ const (
 // onDedicated forwards a command on the session's dedicated connection,
 // leasing one first if needed.
 func (s *session) onDedicated(req resp.Request, e upstream.Effect, f onFailure) bool {
+	if r := pinReasonOf(s.route); uint32(r) > s.pin.Load() {
+		s.pin.Store(uint32(r))
+	}
 	if s.ded == nil {
 		if err := s.dedicate(); err != nil {
 			if errors.Is(err, errClientGone) {
@@ -152,7 +157,14 @@ func (s *session) send(cmd []byte, e upstream.Effect, arg int) {
 	case upstream.EffectSticky:
 		s.dedForLife = true
 	}
+	s.ded.Tag = s.cmdID
 	s.ded.Send(cmd, e, arg)
+}
+
+// queue adds a command to the batch for the shared connections.
+func (s *session) queue(cmd []byte) {
+	s.batch.Cmds = append(s.batch.Cmds, cmd)
+	s.batch.Tags = append(s.batch.Tags, s.cmdID)
 }
 
 func unavailable(err error) string {
@@ -271,7 +283,7 @@ func (s *session) selectDB(req resp.Request) bool {
 	old := s.db
 	s.db = db
 	start := len(s.out)
-	s.batch.Cmds = append(s.batch.Cmds, req.Raw)
+	s.queue(req.Raw)
 	s.flushShared()
 	if !bytes.HasPrefix(s.out[start:], []byte("+OK")) {
 		s.db = old

@@ -105,6 +105,7 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 type proxyEnv struct {
 	pki   *pki
 	addr  string
+	admin string // the admin endpoint's host:port (plain HTTP)
 	logs  *syncbuf.Buffer
 	srv   *Server
 	redis *testredis.Server
@@ -161,11 +162,18 @@ func serveProxy(t testing.TB, p *pki, upstreamURL string, edit func(*config.Conf
 	if err != nil {
 		t.Fatal(err)
 	}
+	aln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
+	actx, acancel := context.WithCancel(context.Background())
 	ch := make(chan error, 1)
 	go func() { ch <- srv.Serve(ctx, ln) }()
+	go srv.ServeAdmin(actx, aln)
 	t.Cleanup(cancel)
-	return &proxyEnv{pki: p, addr: ln.Addr().String(), logs: logs, srv: srv}, cancel, ch, nil
+	t.Cleanup(acancel)
+	return &proxyEnv{pki: p, addr: ln.Addr().String(), admin: aln.Addr().String(), logs: logs, srv: srv}, cancel, ch, nil
 }
 
 // startPlain starts a plain TCP Redis and a proxy in front of it.

@@ -226,6 +226,7 @@ func (t *session) typeName() string {
 // and all); then the client's connection is closed.
 func (t *session) kill(by *session) {
 	t.killed.Store(true)
+	t.srv.stats.disconnects[byKill].Add(1)
 	t.log.Info().Int64("killed_by", by.clientID).Msg("client killed by CLIENT KILL")
 	if d := t.dedAt.Load(); d != nil && d.Kill() {
 		by.pool.Exchange(by.proto, by.db, encode(killByID(d.ID())))

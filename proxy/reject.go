@@ -30,11 +30,26 @@ func newRejectLog(log zerolog.Logger) *rejectLog {
 	return &rejectLog{log: log, burst: 20, interval: 10 * time.Second, counts: make(map[string]uint64)}
 }
 
-func (r *rejectLog) reject(remote string, err error) {
+// reasonSilent is a connection that closed before sending any byte (silent
+// is set when none arrived): a
+// load balancer's TCP check or a port scan. It is counted, and logged at
+// debug level only.
+const reasonSilent = "closed_before_tls"
+
+func (r *rejectLog) reject(remote string, err error, silent bool) {
 	reason := rejectReason(err)
+	silent = silent && reason == "closed" // a silent client that times out is a timeout
+	if silent {
+		reason = reasonSilent
+	}
 	now := time.Now()
 	r.mu.Lock()
 	r.counts[reason]++
+	if silent {
+		r.mu.Unlock()
+		r.log.Debug().Str("remote", remote).Str("reason", reason).Msg("connection closed before the TLS handshake")
+		return
+	}
 	if now.Sub(r.windowFrom) >= r.interval {
 		r.windowFrom, r.inWindow = now, 0
 	}
@@ -53,6 +68,17 @@ func (r *rejectLog) reject(remote string, err error) {
 		ev = ev.Int("suppressed_before", suppressed)
 	}
 	ev.Msg("TLS handshake rejected")
+}
+
+// snapshot returns the counts by reason.
+func (r *rejectLog) snapshot() map[string]uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := make(map[string]uint64, len(r.counts))
+	for k, v := range r.counts {
+		m[k] = v
+	}
+	return m
 }
 
 // count returns how many handshakes were rejected for reason.

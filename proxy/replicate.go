@@ -61,6 +61,7 @@ func (s *session) replicate(req resp.Request) bool {
 func (s *session) replicationStream(req resp.Request) {
 	s.dedForLife = true
 	s.kind.Store(uint32(typeReplica))
+	s.srv.stats.replication.Add(1)
 	cmd := string(bytes.ToUpper(req.Args[0]))
 	s.log.Info().Str("command", cmd).Int64("upstream_id", s.ded.ID()).Msg("replication stream started")
 	sent := 0

@@ -24,15 +24,27 @@ type Server struct {
 	cfg       config.Config
 	log       zerolog.Logger
 	tlsConfig *tls.Config
+	adminTLS  *tls.Config // nil: the admin endpoint speaks plain HTTP
+	target    config.Target
 	pool      *upstream.Pool // as the configured upstream user
 	users     sync.Map       // user name -> *upstream.Pool, made for clients' AUTH
 	ids       sync.Map       // session id -> *session (see sessionIDBase)
 	lastID    atomic.Int64
 	defaultDB int
 	rejects   *rejectLog
+	stats     *stats
+	health    upstreamHealth
+	certs     []certInfo
+	version   string
+	started   time.Time
+
+	listening  atomic.Bool
+	listenAddr atomic.Pointer[string]
+	draining   atomic.Bool
+	drained    chan struct{} // closed when the drain begins
 
 	mu       sync.Mutex
-	conns    map[net.Conn]struct{}
+	conns    map[*clientConn]struct{}
 	closed   bool
 	sessions sync.WaitGroup
 }
@@ -75,33 +87,83 @@ func New(cfg config.Config, log zerolog.Logger) (*Server, error) {
 			return nil, err
 		}
 	}
+	adminTLS, err := tlsconf.AdminConfig(cfg.Admin.TLS)
+	if err != nil {
+		return nil, err
+	}
+	certs, err := loadCertInfo(cfg)
+	if err != nil {
+		return nil, err
+	}
+	st := newStats()
+	opts.Hooks = st.hooks()
 	p := cfg.Upstream.Pool
 	limits := upstream.Limits{MaxShared: p.MaxSize, MinIdle: p.MinIdle, MaxIdle: p.MaxIdle, MaxPinned: p.MaxPinned}
 	return &Server{
 		cfg:       cfg,
 		log:       log,
 		tlsConfig: tc,
+		adminTLS:  adminTLS,
+		target:    target,
 		pool:      upstream.NewPool(opts, limits, log.With().Str("component", "upstream").Logger()),
 		defaultDB: target.DB,
 		rejects:   newRejectLog(log),
-		conns:     make(map[net.Conn]struct{}),
+		stats:     st,
+		certs:     certs,
+		version:   "dev",
+		started:   time.Now(),
+		drained:   make(chan struct{}),
+		conns:     make(map[*clientConn]struct{}),
 	}, nil
 }
 
-// ListenAndServe listens on listen.address and serves until ctx is done.
+// SetVersion sets the version /status, the status page and
+// tlsproxy_build_info report.
+func (s *Server) SetVersion(v string) { s.version = v }
+
+// ListenAndServe listens on listen.address (and admin.address, unless
+// empty) and serves until ctx is done; see Serve.
 func (s *Server) ListenAndServe(ctx context.Context) error {
 	ln, err := net.Listen("tcp", s.cfg.Listen.Address)
 	if err != nil {
 		return fmt.Errorf("listen.address: %w", err)
 	}
+	if a := s.cfg.Admin.Address; a != "" {
+		aln, err := net.Listen("tcp", a)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("admin.address: %w", err)
+		}
+		if !isLoopbackAddr(aln.Addr()) {
+			s.log.Warn().Str("address", a).Bool("tls", s.adminTLS != nil).Bool("client_certificates", s.cfg.Admin.TLS.ClientCAFile != "").
+				Msg("WARNING: the admin endpoint listens beyond loopback: protect it (admin.tls, a firewall)")
+		}
+		// The admin endpoint stays up through the drain (readyz says so)
+		// and stops with the proxy.
+		actx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go func() {
+			if err := s.ServeAdmin(actx, aln); err != nil {
+				s.log.Error().Err(err).Msg("admin endpoint stopped")
+			}
+		}()
+	}
 	return s.Serve(ctx, ln)
 }
 
+func isLoopbackAddr(a net.Addr) bool {
+	ta, ok := a.(*net.TCPAddr)
+	return ok && ta.IP.IsLoopback()
+}
+
 // Serve accepts connections on ln (a plain TCP listener: the proxy does the
-// TLS) until ctx is done, then closes every connection and returns nil.
+// TLS) until ctx is done, then drains (see drain) and returns nil.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.log.Info().Str("address", ln.Addr().String()).Str("client_auth", s.cfg.Listen.TLS.ClientAuth).
 		Str("min_tls", s.cfg.Listen.TLS.MinVersion).Msg("listening")
+	addr := ln.Addr().String()
+	s.listenAddr.Store(&addr)
+	s.listening.Store(true)
 	s.pool.Start()
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
@@ -110,7 +172,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		nc, err := ln.Accept()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-				s.shutdown()
+				s.listening.Store(false)
+				s.drain()
 				return nil
 			}
 			// Out of file descriptors and the like: back off, keep serving.
@@ -120,68 +183,114 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			continue
 		}
 		delay = 0
-		if !s.track(nc) {
+		cc := &clientConn{Conn: nc}
+		full, ok := s.track(cc)
+		if !ok {
 			nc.Close()
 			continue
 		}
 		s.sessions.Add(1)
-		go s.handshake(ctx, nc)
+		go s.handshake(ctx, cc, full)
 	}
 }
 
 // handshake runs the TLS handshake in the connection's own goroutine, under
 // listen.handshake_timeout, so a slow or silent client delays nobody else.
-func (s *Server) handshake(ctx context.Context, nc net.Conn) {
-	tc := tls.Server(nc, s.tlsConfig)
+// A client beyond limits.max_clients gets Redis's error and is closed.
+func (s *Server) handshake(ctx context.Context, cc *clientConn, full bool) {
+	start := time.Now()
+	tc := tls.Server(cc, s.tlsConfig)
 	hctx, cancel := context.WithTimeout(ctx, s.cfg.Listen.HandshakeTimeout)
 	err := tc.HandshakeContext(hctx)
 	cancel()
 	if err != nil {
-		s.rejects.reject(nc.RemoteAddr().String(), err)
-		s.closeConn(nc)
+		s.rejects.reject(cc.RemoteAddr().String(), err, cc.in.Load() == 0)
+		s.closeConn(cc)
+		return
+	}
+	s.stats.handshake.Observe(time.Since(start).Seconds())
+	if full {
+		s.refuseFull(tc)
+		s.closeConn(cc)
 		return
 	}
 	id := tlsconf.IdentityFromState(tc.ConnectionState())
 	// The handshake grew this goroutine's stack; the session, idle for most
 	// of its life, starts on a new, small one.
 	go func() {
-		defer s.closeConn(nc)
+		defer s.closeConn(cc)
 		newSession(s, tc, id).serve()
 	}()
 }
 
-func (s *Server) closeConn(nc net.Conn) {
-	nc.Close()
-	s.untrack(nc)
+// refuseFull answers a client beyond limits.max_clients as Redis does.
+func (s *Server) refuseFull(tc *tls.Conn) {
+	if n := s.stats.disconnects[byMaxClients].Add(1); n&(n-1) == 0 { // the 1st, 2nd, 4th, ...
+		s.log.Warn().Int("max_clients", s.cfg.Limits.MaxClients).Uint64("refused", n).Msg("client refused: limits.max_clients reached")
+	}
+	tc.SetWriteDeadline(time.Now().Add(time.Second))
+	tc.Write([]byte("-ERR max number of clients reached\r\n"))
+}
+
+func (s *Server) closeConn(cc *clientConn) {
+	cc.Close()
+	s.untrack(cc)
 	s.sessions.Done()
 }
 
-func (s *Server) track(nc net.Conn) bool {
+// track registers a new connection; full reports that it is beyond
+// limits.max_clients, ok that the server still takes connections.
+func (s *Server) track(cc *clientConn) (full, ok bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return false
+		return false, false
 	}
-	s.conns[nc] = struct{}{}
-	return true
+	full = len(s.conns) >= s.cfg.Limits.MaxClients
+	s.conns[cc] = struct{}{}
+	return full, true
 }
 
-func (s *Server) untrack(nc net.Conn) {
+func (s *Server) untrack(cc *clientConn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	delete(s.conns, nc)
+	delete(s.conns, cc)
+	s.stats.bytesIn.Add(cc.in.Load())
+	s.stats.bytesOut.Add(cc.out.Load())
 }
 
-// shutdown closes every client connection, waits for the sessions to end
-// and closes the upstream pools.
-func (s *Server) shutdown() {
+// drain ends the server: no new connection is taken (the listener is
+// closed); every session finishes the commands it has read, its replies
+// reach the client, and it ends; clients blocked in a command are
+// unblocked (they get Redis's UNBLOCKED error); subscribers and MONITOR are
+// closed. What is left after shutdown_timeout is closed. Then the upstream
+// pools close.
+func (s *Server) drain() {
+	s.draining.Store(true)
 	s.mu.Lock()
 	s.closed = true
-	for nc := range s.conns {
-		nc.Close()
-	}
+	n := len(s.conns)
 	s.mu.Unlock()
-	s.sessions.Wait()
+	close(s.drained)
+	s.log.Info().Int("clients", n).Dur("shutdown_timeout", s.cfg.ShutdownTimeout).Msg("draining")
+	s.ids.Range(func(_, v any) bool {
+		v.(*session).wake()
+		return true
+	})
+	done := make(chan struct{})
+	go func() { s.sessions.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(s.cfg.ShutdownTimeout):
+		s.mu.Lock()
+		left := len(s.conns)
+		for cc := range s.conns {
+			cc.Close()
+		}
+		s.mu.Unlock()
+		s.log.Warn().Int("clients", left).Dur("shutdown_timeout", s.cfg.ShutdownTimeout).Msg("shutdown_timeout reached; closing the clients left")
+		<-done
+	}
 	s.pool.Close()
 	s.users.Range(func(_, v any) bool {
 		v.(*upstream.Pool).Close()

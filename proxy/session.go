@@ -9,12 +9,14 @@ import (
 	"fmt"
 	"net"
 	"runtime/debug"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
 	"github.com/tidwall/redcon"
+	"github.com/tlsproxy/tlsproxy/proxy/commands"
 	"github.com/tlsproxy/tlsproxy/proxy/resp"
 	"github.com/tlsproxy/tlsproxy/proxy/tlsconf"
 	"github.com/tlsproxy/tlsproxy/proxy/upstream"
@@ -72,6 +74,10 @@ type session struct {
 	dedAt   atomic.Pointer[upstream.Dedicated] // ded
 	user    atomic.Pointer[string]             // the Redis user the session's commands run as
 	kind    atomic.Uint32                      // clientType
+	pin     atomic.Uint32                      // pinReason while ded is held
+
+	route commands.Route // of the command being dispatched
+	cmdID uint16         // its id in the command table (commands.Resolve)
 
 	closed atomic.Bool // the client's connection was closed
 	killed atomic.Bool // by another session's CLIENT KILL
@@ -104,8 +110,11 @@ func newSession(srv *Server, conn *tls.Conn, id tlsconf.Identity) *session {
 	s.setPool(srv.pool)
 	s.clientID = sessionIDBase + srv.lastID.Add(1)
 	srv.ids.Store(s.clientID, s)
+	srv.stats.sessions.Add(1)
+	srv.stats.active.Add(1)
 	s.rd = resp.NewRequestReader(conn, srv.cfg.Listen.MaxRequestBytes, maxBulkLen)
 	s.batch.Stream = s.stream
+	s.batch.Limit, s.batch.Overflow = srv.cfg.Limits.ClientOutputBuffer, s.outputOverflow
 	return s
 }
 
@@ -118,8 +127,19 @@ func (s *session) serve() {
 			s.log.Error().Str("panic", fmt.Sprint(r)).Bytes("stack", debug.Stack()).Msg("session panicked; closing client")
 		}
 	}()
+	idle := s.srv.cfg.Limits.IdleTimeout
 	for {
+		if s.srv.draining.Load() {
+			s.srv.stats.disconnects[byDrain].Add(1)
+			return
+		}
+		if idle > 0 && !s.uncounted {
+			s.conn.SetReadDeadline(time.Now().Add(idle))
+		}
 		reqs, err := s.rd.Read()
+		if idle > 0 {
+			s.conn.SetReadDeadline(time.Time{}) // waits while serving watch the client without it
+		}
 		for _, req := range reqs {
 			if s.closed.Load() {
 				return // nothing after a lost reply or a dead client runs
@@ -133,7 +153,11 @@ func (s *session) serve() {
 			return
 		}
 		if err != nil {
-			s.readFailed(err)
+			if isTimeout(err) {
+				s.readTimedOut()
+			} else {
+				s.readFailed(err)
+			}
 			return
 		}
 		before := s.rd.BufferCap()
@@ -172,7 +196,7 @@ func (s *session) flushShared() {
 	s.pool.Do(s.proto, s.db, &s.batch)
 	s.out = s.batch.Out
 	clear(s.batch.Cmds) // they point into the request buffer, which may be large
-	s.batch.Cmds = s.batch.Cmds[:0]
+	s.batch.Cmds, s.batch.Tags = s.batch.Cmds[:0], s.batch.Tags[:0]
 	if s.batch.Lost {
 		s.writeOut()
 		s.log.Warn().Msg("shared upstream connection failed with commands in flight; closing client")
@@ -232,6 +256,7 @@ func (s *session) writeClient(b []byte) error {
 	_, err := s.conn.Write(b)
 	if ne, ok := err.(net.Error); ok && ne.Timeout() {
 		s.log.Info().Dur("write_timeout", clientWriteTimeout).Msg("client stopped reading its replies; closing client")
+		s.srv.stats.disconnects[byWriteTimeout].Add(1)
 	}
 	if err != nil {
 		s.closeClient()
@@ -276,9 +301,10 @@ func (s *session) dedicate() error {
 // the shared connections of the connection's protocol and database.
 func (s *session) release() {
 	st := s.ded.State()
+	s.dedAt.Store(nil)
 	s.ded.Release()
 	s.ded = nil
-	s.dedAt.Store(nil)
+	s.pin.Store(uint32(pinNone))
 	s.proto, s.db = st.Proto, st.DB
 	s.inMulti, s.txAborted, s.dedForLife, s.uncounted = false, false, false, false
 }
@@ -295,16 +321,23 @@ func (s *session) waitDedicated() bool {
 	fill := func() { filled <- s.watchClient() }
 	go fill()
 	ok := true
+	drained := s.srv.drained
 	for ok && !s.ded.Idle() {
 		select {
 		case <-s.ded.Quiet():
 		case <-s.ded.Exited():
 			ok = s.ded.Idle()
+		case <-drained:
+			// The proxy is shutting down: a command blocked in Redis is
+			// unblocked (the client gets Redis's UNBLOCKED error, nothing is
+			// consumed); any other reply is waited for.
+			drained = nil
+			s.pool.Exchange(2, 0, encode([][]byte{[]byte("CLIENT"), []byte("UNBLOCK"), []byte(strconv.FormatInt(s.ded.ID(), 10)), []byte("ERROR")}))
 		case err := <-filled:
 			switch {
 			case err == nil:
 				go fill()
-			case errors.Is(err, resp.ErrBufferFull):
+			case errors.Is(err, resp.ErrBufferFull), isTimeout(err) && s.srv.draining.Load():
 				filled = nil // keep waiting, read nothing more
 			default:
 				filled, ok = nil, false // the client is gone
@@ -331,6 +364,34 @@ func (s *session) upstreamFailed(err error) {
 		s.log.Warn().Err(err).Msg("dedicated upstream connection failed; closing client")
 	}
 	s.closeClient()
+}
+
+// outputOverflow disconnects a client whose unread replies passed
+// limits.client_output_buffer. It runs on a shared connection's reader,
+// which goes on at once: nobody else waits for this client.
+func (s *session) outputOverflow() {
+	s.srv.stats.disconnects[byOutputBuffer].Add(1)
+	s.log.Warn().Int("client_output_buffer", s.srv.cfg.Limits.ClientOutputBuffer).Msg("client output buffer limit reached: the client does not read its replies; closing client")
+	s.closeClient()
+}
+
+// wake ends the session's wait for its client's next request (the drain).
+func (s *session) wake() { s.conn.SetReadDeadline(time.Now()) }
+
+// readTimedOut ends a session whose read timed out: drained, or idle for
+// limits.idle_timeout.
+func (s *session) readTimedOut() {
+	if s.srv.draining.Load() {
+		s.srv.stats.disconnects[byDrain].Add(1)
+		return
+	}
+	s.srv.stats.disconnects[byIdleTimeout].Add(1)
+	s.log.Debug().Dur("idle_timeout", s.srv.cfg.Limits.IdleTimeout).Msg("idle client closed (limits.idle_timeout)")
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 func (s *session) readFailed(err error) {
@@ -380,6 +441,7 @@ func (s *session) end() {
 		s.ded = nil
 	}
 	s.srv.ids.Delete(s.clientID)
+	s.srv.stats.active.Add(-1)
 	s.rd.Release()
 	s.log.Debug().Msg("session ended")
 }

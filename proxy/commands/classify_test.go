@@ -304,3 +304,18 @@ func BenchmarkClassify(b *testing.B) {
 		})
 	}
 }
+
+func TestResolveIDs(t *testing.T) {
+	for _, tc := range []struct{ args, name string }{
+		{"GET k", "get"}, {"client KILL ID 5", "client|kill"}, {"CLIENT", "client"},
+		{"client nosuchsub", "other"}, {"nosuchcommand x", "other"},
+	} {
+		_, id := Resolve(byteArgs(tc.args))
+		if got := NameOf(id); got != tc.name {
+			t.Errorf("Resolve(%q): id %d names %q, want %q", tc.args, id, got, tc.name)
+		}
+	}
+	if NameOf(IDs) != "other" || NameOf(-1) != "other" {
+		t.Error("ids out of range must name other")
+	}
+}

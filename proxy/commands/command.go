@@ -24,6 +24,7 @@ type Command struct {
 	Group, Since string
 
 	container bool                 // has subcommands
+	id        int                  // 1 + the position in the table (see ID)
 	route     Route                // decided once, from the flags and the overrides
 	byArgs    func([][]byte) Route // when set, decides instead of route
 }
@@ -151,6 +152,7 @@ func index() map[string]*Command {
 	m := make(map[string]*Command, len(table))
 	for i := range table {
 		c := &table[i]
+		c.id = i + 1
 		m[c.Name] = c
 		if parent, _, ok := strings.Cut(c.Name, "|"); ok {
 			m[parent].container = true // the table lists a parent before its subcommands
@@ -161,6 +163,20 @@ func index() map[string]*Command {
 		c.route, c.byArgs = d.route, d.byArgs
 	}
 	return m
+}
+
+// IDs is the number of command ids: ID returns 0 for a command the table
+// does not know, and 1 to IDs-1 for the table's commands and subcommands.
+const IDs = len(table) + 1
+
+// NameOf is the name of the command with id i ("get", "client|kill"), or
+// "other" for 0, the commands the table does not know: a label of bounded
+// cardinality for metrics.
+func NameOf(i int) string {
+	if i <= 0 || i >= IDs {
+		return "other"
+	}
+	return table[i-1].Name
 }
 
 // Lookup returns the command called name, in any case; nil when the table

@@ -89,21 +89,29 @@ func (r Route) String() string {
 // Classify says where a command runs. args[0] is the command's name, in
 // any case, and len(args) >= 1. It allocates nothing.
 func Classify(args [][]byte) Route {
+	r, _ := Resolve(args)
+	return r
+}
+
+// Resolve is Classify, and also returns the command's id (see NameOf): its
+// subcommand's for a container command, 0 for one the table does not know
+// (a container named without a subcommand counts as itself).
+func Resolve(args [][]byte) (Route, int) {
 	c := Lookup(args[0])
 	if c == nil {
-		return newer(args[0], nil)
+		return newer(args[0], nil), 0
 	}
 	if c.container && len(args) > 1 {
 		sub := c.Sub(args[1])
 		if sub == nil {
-			return newer(args[0], args[1])
+			return newer(args[0], args[1]), 0
 		}
 		c = sub
 	}
 	if c.byArgs != nil {
-		return c.byArgs(args)
+		return c.byArgs(args), c.id
 	}
-	return c.route
+	return c.route, c.id
 }
 
 // newer routes a command (or subcommand) the table does not know: by its

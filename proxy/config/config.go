@@ -25,7 +25,43 @@ const EnvPrefix = "TLSPROXY"
 type Config struct {
 	Listen   Listen   `mapstructure:"listen"`
 	Upstream Upstream `mapstructure:"upstream"`
+	Admin    Admin    `mapstructure:"admin"`
+	Limits   Limits   `mapstructure:"limits"`
 	Log      Log      `mapstructure:"log"`
+	// ShutdownTimeout bounds the drain after SIGTERM/SIGINT: in-flight
+	// commands finish and their replies reach the clients, then every
+	// connection is closed, within this time.
+	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
+}
+
+// Admin is the HTTP endpoint for operators: /metrics, /healthz, /readyz,
+// /status and a status page at /.
+type Admin struct {
+	// Address is host:port; empty disables the endpoint. An address that is
+	// not loopback is allowed, with a start-up warning.
+	Address string   `mapstructure:"address"`
+	TLS     AdminTLS `mapstructure:"tls"`
+}
+
+// AdminTLS serves the admin endpoint over HTTPS when CertFile is set, and
+// requires client certificates from ClientCAFile when that is set too.
+type AdminTLS struct {
+	CertFile     string `mapstructure:"cert_file"`
+	KeyFile      string `mapstructure:"key_file"`
+	ClientCAFile string `mapstructure:"client_ca_file"`
+}
+
+// Limits bound what clients can take.
+type Limits struct {
+	// MaxClients is the most client connections at once; the next one gets
+	// Redis's "-ERR max number of clients reached" and is closed.
+	MaxClients int `mapstructure:"max_clients"`
+	// IdleTimeout closes a client idle that long (0: never), as Redis's
+	// timeout does: subscribers, MONITOR, replicas and blocked clients are exempt.
+	IdleTimeout time.Duration `mapstructure:"idle_timeout"`
+	// ClientOutputBuffer is the most reply bytes the proxy holds for a
+	// client that does not read them; past it the client is disconnected.
+	ClientOutputBuffer int `mapstructure:"client_output_buffer"`
 }
 
 // Listen is the client-facing side: where the proxy accepts mutual-TLS connections.
@@ -122,7 +158,10 @@ func Default() Config {
 			WriteTimeout: 10 * time.Second,
 			Pool:         Pool{MaxSize: 2, MinIdle: 1, MaxIdle: 16, MaxPinned: 256},
 		},
-		Log: Log{Level: "info", Format: "json"},
+		Admin:           Admin{Address: "127.0.0.1:9180"},
+		Limits:          Limits{MaxClients: 10000, ClientOutputBuffer: 512 << 20},
+		Log:             Log{Level: "info", Format: "json"},
+		ShutdownTimeout: 15 * time.Second,
 	}
 }
 
@@ -357,6 +396,28 @@ func (c Config) Validate() error {
 			}
 		}
 	}
+
+	a := c.Admin
+	if a.Address != "" {
+		if _, _, err := net.SplitHostPort(a.Address); err != nil {
+			add("admin.address", "%q is not host:port (or empty, to disable the admin endpoint): %v", a.Address, err)
+		}
+	}
+	if (a.TLS.CertFile == "") != (a.TLS.KeyFile == "") {
+		add("admin.tls.cert_file", "and admin.tls.key_file must be set together (HTTPS for the admin endpoint)")
+	}
+	if a.TLS.ClientCAFile != "" && a.TLS.CertFile == "" {
+		add("admin.tls.client_ca_file", "needs admin.tls.cert_file and admin.tls.key_file: client certificates are asked for over HTTPS only")
+	}
+	lim := c.Limits
+	if lim.MaxClients < 1 {
+		add("limits.max_clients", "must be at least 1, got %d", lim.MaxClients)
+	}
+	notNegative("limits.idle_timeout", lim.IdleTimeout)
+	if lim.ClientOutputBuffer < 1<<20 {
+		add("limits.client_output_buffer", "must be at least 1048576 (1 MiB, in bytes), got %d", lim.ClientOutputBuffer)
+	}
+	positive("shutdown_timeout", c.ShutdownTimeout)
 
 	oneOf("log.level", c.Log.Level, LogLevels)
 	oneOf("log.format", c.Log.Format, LogFormats)

@@ -44,14 +44,16 @@ func TestDefault(t *testing.T) {
 		c.Upstream.DialTimeout != 5*time.Second || c.Upstream.ReadTimeout != 0 ||
 		c.Upstream.WriteTimeout != 10*time.Second ||
 		c.Upstream.Pool != (Pool{MaxSize: 2, MinIdle: 1, MaxIdle: 16, MaxPinned: 256}) ||
-		c.Log != (Log{Level: "info", Format: "json"}) {
+		c.Log != (Log{Level: "info", Format: "json"}) ||
+		c.Admin != (Admin{Address: "127.0.0.1:9180"}) || c.ShutdownTimeout != 15*time.Second ||
+		c.Limits != (Limits{MaxClients: 10000, ClientOutputBuffer: 512 << 20}) {
 		t.Errorf("unexpected defaults: %+v", c)
 	}
 	if err := valid().Validate(); err != nil {
 		t.Errorf("defaults plus cert paths should validate: %v", err)
 	}
-	if len(Keys()) != 23 {
-		t.Errorf("Keys() = %d keys, want 23: %v", len(Keys()), Keys())
+	if len(Keys()) != 31 {
+		t.Errorf("Keys() = %d keys, want 31: %v", len(Keys()), Keys())
 	}
 	if got := EnvVar("listen.tls.cert_file"); got != "TLSPROXY_LISTEN_TLS_CERT_FILE" {
 		t.Errorf("EnvVar = %q", got)
@@ -213,6 +215,14 @@ func TestValidate(t *testing.T) {
 		{"upstream tls without rediss", func(c *Config) { c.Upstream.TLS.CAFile = "ca.crt" }, "upstream.tls.ca_file: is set but upstream.url is not rediss://"},
 		{"upstream tls with rediss", func(c *Config) { c.Upstream.URL = "rediss://127.0.0.1"; c.Upstream.TLS.CAFile = "ca.crt" }, ""},
 		{"upstream client cert without key", func(c *Config) { c.Upstream.URL = "rediss://127.0.0.1"; c.Upstream.TLS.CertFile = "c.crt" }, "upstream.tls.cert_file: and upstream.tls.key_file must be set together"},
+		{"admin disabled", func(c *Config) { c.Admin.Address = "" }, ""},
+		{"admin address without port", func(c *Config) { c.Admin.Address = "localhost" }, "admin.address:"},
+		{"admin cert without key", func(c *Config) { c.Admin.TLS.CertFile = "a.crt" }, "admin.tls.cert_file: and admin.tls.key_file must be set together"},
+		{"admin client CA without cert", func(c *Config) { c.Admin.TLS.ClientCAFile = "ca.crt" }, "admin.tls.client_ca_file: needs admin.tls.cert_file"},
+		{"max_clients 0", func(c *Config) { c.Limits.MaxClients = 0 }, "limits.max_clients: must be at least 1"},
+		{"negative idle timeout", func(c *Config) { c.Limits.IdleTimeout = -time.Second }, "limits.idle_timeout:"},
+		{"tiny output buffer", func(c *Config) { c.Limits.ClientOutputBuffer = 1000 }, "limits.client_output_buffer: must be at least 1048576"},
+		{"zero shutdown timeout", func(c *Config) { c.ShutdownTimeout = 0 }, "shutdown_timeout: must be a positive duration"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

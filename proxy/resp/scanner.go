@@ -93,6 +93,11 @@ type Scanner struct {
 	lineCR bool
 	// err is sticky: once set, every Scan returns it.
 	err error
+
+	// Errors, when set, is where Scan notes the error replies ('-' or '!'):
+	// for each, its position among the replies completed by the Scan call
+	// that read its first byte. The caller empties it.
+	Errors *[]int
 }
 
 // Scan consumes reply bytes from p and reports how many bytes it consumed and how many
@@ -140,6 +145,7 @@ func (s *Scanner) scan(p []byte, max int) (consumed int, replies int, err error)
 			if p[i] == '>' && s.pending == 0 && !s.push {
 				return i, replies, nil // a push, not a reply
 			}
+			top, t := s.pending == 0, p[i]
 			n, err := s.header(p[i:])
 			if err != nil {
 				s.err = err
@@ -147,6 +153,9 @@ func (s *Scanner) scan(p []byte, max int) (consumed int, replies int, err error)
 			}
 			if n == 0 {
 				return i, replies, nil // incomplete line: caller must supply more
+			}
+			if s.Errors != nil && top && (t == '-' || t == '!') {
+				*s.Errors = append(*s.Errors, replies)
 			}
 			i += n
 		case phaseBody:

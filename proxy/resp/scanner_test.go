@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -952,6 +953,35 @@ func BenchmarkScanPushes(b *testing.B) {
 		n, k, p, err := drain(&s, stream, 0)
 		if n != len(stream) || k != count || p != count || err != nil {
 			b.Fatalf("drain = (%d, %d, %d, %v)", n, k, p, err)
+		}
+	}
+}
+
+// TestTrackErrors: the error replies of a stream are found at their
+// positions however the stream is split, never an error inside an
+// aggregate, never twice for a header split across calls.
+func TestTrackErrors(t *testing.T) {
+	stream := "+OK\r\n-ERR a\r\n$1\r\nx\r\n!3\r\nbad\r\n*2\r\n-ERR in\r\n:1\r\n%1\r\n+k\r\n-v\r\n-" + strings.Repeat("E", 100) + "\r\n"
+	for _, step := range []int{1, 2, 3, 7, len(stream)} {
+		var errs, got []int
+		s := Scanner{Errors: &errs}
+		done := 0
+		buf := ""
+		for off := 0; off < len(stream); off += step {
+			buf += stream[off:min(off+step, len(stream))]
+			n, k, err := s.Scan([]byte(buf), 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range errs {
+				got = append(got, done+e)
+			}
+			errs = errs[:0]
+			done += k
+			buf = buf[n:]
+		}
+		if !slices.Equal(got, []int{1, 3, 6}) || done != 7 {
+			t.Errorf("step %d: errors at %v of %d replies, want [1 3 6] of 7", step, got, done)
 		}
 	}
 }

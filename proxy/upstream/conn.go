@@ -29,6 +29,20 @@ type Options struct {
 	DialTimeout  time.Duration
 	ReadTimeout  time.Duration
 	WriteTimeout time.Duration
+
+	Hooks *Hooks // nil: nothing is counted
+}
+
+// Hooks let the owner of a pool count what happens on its connections. They
+// run on the connections' goroutines and must be quick; any may be nil.
+type Hooks struct {
+	// ReplyError: Redis answered a command with an error; tag is the
+	// command's (Batch.Tags, Dedicated.Tag), 0 when it has none.
+	ReplyError func(tag uint16)
+	// Dial: a dial finished; err is nil when it succeeded.
+	Dial func(err error)
+	// Batch: a batch on a shared connection got its replies after d.
+	Batch func(d time.Duration)
 }
 
 // ReplyError is an error reply Redis gave to a set-up command. Its text is

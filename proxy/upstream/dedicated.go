@@ -96,6 +96,7 @@ func (s State) Releasable() bool {
 
 type expect struct {
 	effect Effect
+	tag    uint16 // the command's (Dedicated.Tag)
 	arg    int
 	hide   bool   // the reply is the proxy's own: not forwarded
 	local  []byte // a reply the proxy makes: written when it reaches the head
@@ -110,6 +111,11 @@ type expect struct {
 type Dedicated struct {
 	pool *Pool
 	c    *Conn
+	// The connection's names in Redis, fixed for the lease: other sessions
+	// read them (CLIENT KILL, UNBLOCK, TRACKING REDIRECT), and the pool
+	// changes c's after the release.
+	id              int64
+	addr, redisAddr string
 	// toClient writes to the client. It is called with mu held.
 	toClient func([]byte) error
 	// onFail is called from the reader when the connection fails.
@@ -118,6 +124,9 @@ type Dedicated struct {
 	fenceR [2][]byte
 
 	wbuf writeBuf
+	// Tag is given to the commands Send queues from now on (see Hooks);
+	// only the session's goroutine uses it.
+	Tag uint16
 	// What Redis will do with the next reply, as of the commands sent so
 	// far (CLIENT REPLY); only the session's goroutine uses these.
 	repliesOff bool
@@ -149,13 +158,16 @@ func (p *Pool) Dedicate(ctx context.Context, proto, db int, token string, toClie
 		return nil, err
 	}
 	d := &Dedicated{
-		pool:     p,
-		c:        c,
-		toClient: toClient,
-		onFail:   onFail,
-		state:    State{Proto: proto, DB: db},
-		quiet:    make(chan struct{}, 1),
-		exited:   make(chan struct{}),
+		pool:      p,
+		c:         c,
+		id:        c.id,
+		addr:      tcpAddr(c.raw.LocalAddr()),
+		redisAddr: tcpAddr(c.raw.RemoteAddr()),
+		toClient:  toClient,
+		onFail:    onFail,
+		state:     State{Proto: proto, DB: db},
+		quiet:     make(chan struct{}, 1),
+		exited:    make(chan struct{}),
 	}
 	d.fence = redcon.AppendBulkString(redcon.AppendBulkString(redcon.AppendArray(nil, 2), "PING"), token)
 	// PING's reply: a bulk string, or in a RESP2 subscribed context an array.
@@ -166,15 +178,15 @@ func (p *Pool) Dedicate(ctx context.Context, proto, db int, token string, toClie
 }
 
 // ID is Redis's CLIENT ID of the connection.
-func (d *Dedicated) ID() int64 { return d.c.id }
+func (d *Dedicated) ID() int64 { return d.id }
 
 // Addr is the connection's address as Redis's CLIENT LIST shows it (addr=),
 // or "" for a unix socket, where Redis shows every client alike.
-func (d *Dedicated) Addr() string { return tcpAddr(d.c.raw.LocalAddr()) }
+func (d *Dedicated) Addr() string { return d.addr }
 
 // RedisAddr is Redis's end of the connection (CLIENT LIST's laddr=), or ""
 // for a unix socket.
-func (d *Dedicated) RedisAddr() string { return tcpAddr(d.c.raw.RemoteAddr()) }
+func (d *Dedicated) RedisAddr() string { return d.redisAddr }
 
 func tcpAddr(a net.Addr) string {
 	if _, ok := a.(*net.TCPAddr); !ok {
@@ -251,7 +263,7 @@ func (d *Dedicated) Send(cmd []byte, e Effect, arg int) {
 		}
 		return
 	}
-	d.queue = append(d.queue, expect{effect: e, arg: arg})
+	d.queue = append(d.queue, expect{effect: e, arg: arg, tag: d.Tag})
 }
 
 // SendHidden queues a command of the proxy's own, whose reply the client

@@ -166,6 +166,9 @@ func (d *Dedicated) process() error {
 				}
 			}
 			d.apply(e, d.head[:d.headN])
+			if h := d.c.opts.Hooks; h != nil && h.ReplyError != nil && !e.hide && d.headN > 0 && (d.head[0] == '-' || d.head[0] == '!') {
+				h.ReplyError(e.tag)
+			}
 			d.pop()
 			continue
 		}

@@ -22,6 +22,7 @@ import (
 // would invite a retry that applies them twice.
 type Batch struct {
 	Cmds [][]byte // raw RESP commands, forwarded as they are
+	Tags []uint16 // when as long as Cmds, the commands' tags (see Hooks)
 	Out  []byte   // replies are appended here
 	Lost bool     // some commands were written and got no reply
 	// Stream, when set, receives the replies (Out included) in pieces as
@@ -29,13 +30,20 @@ type Batch struct {
 	// replies flow to the client instead of piling up; Out then holds only
 	// the rest. It runs on the goroutine that called Do.
 	Stream func([]byte)
+	// Limit bounds the reply bytes held for Stream (0: none). Past it,
+	// Overflow is called once, from the connection's reader, and the rest
+	// of the batch's replies are dropped: the client is to be disconnected.
+	Limit    int
+	Overflow func()
 
-	ready  chan struct{} // signalled when pieces holds something
-	mu     sync.Mutex
-	pieces [][]byte // replies passed to the waiting goroutine, not yet streamed
-	owed   int      // replies still owed
-	done   chan struct{}
-	mux    *mux
+	ready    chan struct{} // signalled when pieces holds something
+	mu       sync.Mutex
+	pieces   [][]byte // replies passed to the waiting goroutine, not yet streamed
+	held     int      // bytes in pieces and in the piece being streamed
+	overflow bool
+	owed     int // replies still owed
+	done     chan struct{}
+	mux      *mux
 }
 
 // drainChunks hands Stream the pieces the reader passed, in order.
@@ -47,6 +55,9 @@ func (b *Batch) drainChunks() {
 	for i, c := range pieces {
 		b.Stream(c)
 		pieces[i] = nil
+		b.mu.Lock()
+		b.held -= len(c)
+		b.mu.Unlock()
 	}
 }
 
@@ -59,6 +70,19 @@ func (b *Batch) passChunk() {
 		return
 	}
 	b.mu.Lock()
+	if b.overflow {
+		b.mu.Unlock()
+		b.Out = b.Out[:0] // the client is being disconnected
+		return
+	}
+	b.held += len(b.Out)
+	if b.Limit > 0 && b.held > b.Limit {
+		b.overflow, b.pieces, b.held = true, nil, 0
+		b.mu.Unlock()
+		b.Out = b.Out[:0]
+		b.Overflow()
+		return
+	}
 	b.pieces = append(b.pieces, b.Out)
 	b.mu.Unlock()
 	b.Out = make([]byte, 0, streamChunk+readBufferSize)
@@ -159,6 +183,7 @@ type mux struct {
 	err      error         // why the connection died; set before dead closes
 	dead     chan struct{} // closed when the connection fails
 	exited   chan struct{} // closed when reader and writer have both returned
+	errs     []int         // error replies found by the scanner (with Hooks.ReplyError)
 }
 
 // queueLen bounds batches waiting for the writer and batches in flight. Each
@@ -175,6 +200,9 @@ func newMux(c *Conn, log zerolog.Logger) *mux {
 		drained:  make(chan struct{}, 1),
 		dead:     make(chan struct{}),
 		exited:   make(chan struct{}),
+	}
+	if h := c.opts.Hooks; h != nil && h.ReplyError != nil {
+		c.scan.Errors = &m.errs
 	}
 	var wg sync.WaitGroup
 	wg.Add(2)
@@ -194,6 +222,7 @@ func (m *mux) do(b *Batch) {
 	}
 	b.owed = len(b.Cmds)
 	b.Lost = false
+	b.overflow, b.held = false, 0
 	b.mux = m
 	select {
 	case m.queue <- b:
@@ -334,6 +363,9 @@ func (m *mux) readLoop() {
 			m.fail(err)
 			break
 		}
+		if len(m.errs) > 0 {
+			m.replyErrors(cur)
+		}
 		cur.Out = append(cur.Out, c.buf[c.r:c.r+n]...)
 		cur.passChunk()
 		c.r += n
@@ -371,6 +403,20 @@ func (m *mux) readLoop() {
 			return
 		}
 	}
+}
+
+// replyErrors reports the error replies the last Scan found in cur's
+// replies (before its owed count goes down).
+func (m *mux) replyErrors(cur *Batch) {
+	done := len(cur.Cmds) - cur.owed
+	for _, k := range m.errs {
+		var tag uint16
+		if i := done + k; len(cur.Tags) == len(cur.Cmds) && i < len(cur.Tags) {
+			tag = cur.Tags[i]
+		}
+		m.c.opts.Hooks.ReplyError(tag)
+	}
+	m.errs = m.errs[:0]
 }
 
 // dropPush discards a push frame that arrived on a shared connection: it

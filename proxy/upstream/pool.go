@@ -118,6 +118,12 @@ func (p *Pool) Do(proto, db int, b *Batch) {
 		b.fail(err)
 		return
 	}
+	if h := p.opts.Hooks; h != nil && h.Batch != nil {
+		start := time.Now()
+		m.do(b)
+		h.Batch(time.Since(start))
+		return
+	}
 	m.do(b)
 }
 
@@ -327,6 +333,23 @@ func (p *Pool) IsShared(id int64, addr string) bool {
 	return found
 }
 
+// Conns counts the pool's connections to Redis: shared (live multiplexed
+// connections), pinned (leased to sessions) and idle (ready to lease).
+func (p *Pool) Conns() (shared, pinned, idle int) {
+	p.shared.Range(func(_, v any) bool {
+		for _, s := range v.([]*sharedSlot) {
+			if m := s.m.Load(); m != nil && m.alive() {
+				shared++
+			}
+		}
+		return true
+	})
+	p.mu.Lock()
+	idle = len(p.idle[0]) + len(p.idle[1])
+	p.mu.Unlock()
+	return shared, len(p.pinned), idle
+}
+
 // ReleaseMode says what state a leased connection comes back in.
 type ReleaseMode int
 
@@ -395,6 +418,9 @@ func (p *Pool) dial(proto, db int) (*Conn, error) {
 	p.mu.Unlock()
 
 	c, err := Dial(context.Background(), &p.opts, proto, db)
+	if h := p.opts.Hooks; h != nil && h.Dial != nil {
+		h.Dial(err)
+	}
 
 	p.mu.Lock()
 	defer p.mu.Unlock()
