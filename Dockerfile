@@ -26,5 +26,11 @@ COPY --from=build /tlsproxy /tlsproxy
 # mounted config) for the published port to reach it.
 USER 65532:65532
 EXPOSE 6380
+# The admin endpoint (admin.address; loopback by default: set 0.0.0.0:9180 in
+# the mounted config to publish it, on loopback only, as deploy/compose does).
+EXPOSE 9180
+# The image has no shell tools: the binary checks itself (GET /healthz).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=5s --retries=3 \
+  CMD ["/tlsproxy", "health", "--config", "/etc/tlsproxy/config.yaml"]
 ENTRYPOINT ["/tlsproxy"]
 CMD ["run", "--config", "/etc/tlsproxy/config.yaml"]

@@ -42,6 +42,7 @@ type Server struct {
 	listenAddr atomic.Pointer[string]
 	draining   atomic.Bool
 	drained    chan struct{} // closed when the drain begins
+	listenOK   chan struct{} // closed when Serve accepts connections
 
 	mu       sync.Mutex
 	conns    map[*clientConn]struct{}
@@ -113,9 +114,13 @@ func New(cfg config.Config, log zerolog.Logger) (*Server, error) {
 		version:   "dev",
 		started:   time.Now(),
 		drained:   make(chan struct{}),
+		listenOK:  make(chan struct{}),
 		conns:     make(map[*clientConn]struct{}),
 	}, nil
 }
+
+// Listening is closed once the proxy accepts client connections.
+func (s *Server) Listening() <-chan struct{} { return s.listenOK }
 
 // SetVersion sets the version /status, the status page and
 // tlsproxy_build_info report.
@@ -164,6 +169,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	addr := ln.Addr().String()
 	s.listenAddr.Store(&addr)
 	s.listening.Store(true)
+	close(s.listenOK)
 	s.pool.Start()
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
@@ -288,6 +294,12 @@ func (s *Server) drain() {
 			cc.Close()
 		}
 		s.mu.Unlock()
+		s.ids.Range(func(_, v any) bool {
+			if d := v.(*session).dedAt.Load(); d != nil {
+				d.Kill() // a session waiting for Redis stops waiting
+			}
+			return true
+		})
 		s.log.Warn().Int("clients", left).Dur("shutdown_timeout", s.cfg.ShutdownTimeout).Msg("shutdown_timeout reached; closing the clients left")
 		<-done
 	}

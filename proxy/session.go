@@ -130,7 +130,7 @@ func (s *session) serve() {
 	idle := s.srv.cfg.Limits.IdleTimeout
 	for {
 		if s.srv.draining.Load() {
-			s.srv.stats.disconnects[byDrain].Add(1)
+			s.drainEnd()
 			return
 		}
 		if idle > 0 && !s.uncounted {
@@ -375,6 +375,16 @@ func (s *session) outputOverflow() {
 	s.closeClient()
 }
 
+// drainEnd ends the session for the drain, once the replies owed on its
+// dedicated connection have reached the client (a blocked command is
+// unblocked: see waitDedicated).
+func (s *session) drainEnd() {
+	s.srv.stats.disconnects[byDrain].Add(1)
+	if s.ded != nil && s.ded.Flush() == nil {
+		s.waitDedicated()
+	}
+}
+
 // wake ends the session's wait for its client's next request (the drain).
 func (s *session) wake() { s.conn.SetReadDeadline(time.Now()) }
 
@@ -382,7 +392,7 @@ func (s *session) wake() { s.conn.SetReadDeadline(time.Now()) }
 // limits.idle_timeout.
 func (s *session) readTimedOut() {
 	if s.srv.draining.Load() {
-		s.srv.stats.disconnects[byDrain].Add(1)
+		s.drainEnd()
 		return
 	}
 	s.srv.stats.disconnects[byIdleTimeout].Add(1)

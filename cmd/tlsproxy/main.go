@@ -31,6 +31,7 @@ const usageText = `tlsproxy: a RESP-aware mutual-TLS proxy in front of Redis.
 Usage:
   tlsproxy [run] [--config FILE]            serve until SIGINT/SIGTERM (the default command)
   tlsproxy check [--config FILE]            validate the config and load the certificates, then exit
+  tlsproxy health [--config FILE]           GET the admin endpoint's /healthz; exit 0 when healthy
   tlsproxy certs dev [--out DIR] [--force]  write a development CA, server and client certificate
   tlsproxy version                          print the version
 
@@ -61,6 +62,8 @@ func cli(args []string, stdout, stderr io.Writer) int {
 		return certsCmd(args[1:], stdout, stderr)
 	case "version":
 		return versionCmd(args[1:], stdout, stderr)
+	case "health":
+		return healthCmd(args[1:], stdout, stderr)
 	}
 	if strings.HasPrefix(args[0], "-") {
 		// `tlsproxy --config f` is `tlsproxy run --config f`.
@@ -115,7 +118,7 @@ func configFlag(fs *flag.FlagSet) *string {
 }
 
 func runCmd(args []string, stdout, stderr io.Writer) int {
-	cmd := newCommand("run", "tlsproxy [run] [--config FILE]\n\nServes until SIGINT or SIGTERM, then closes connections and exits 0.")
+	cmd := newCommand("run", "tlsproxy [run] [--config FILE]\n\nServes until SIGINT or SIGTERM, then drains (in-flight commands finish, every\nconnection closes, within shutdown_timeout) and exits 0; a second signal exits at once.\nSIGHUP is logged and ignored until reloading exists.")
 	path := configFlag(cmd.fs)
 	if ok, code := cmd.parse(args, stdout, stderr); !ok {
 		return code
@@ -131,11 +134,36 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 
+	srv.SetVersion(version)
+
+	// A log destination that goes away (a closed stderr pipe) must not take
+	// the proxy down: writes to it fail instead of raising SIGPIPE.
+	signal.Ignore(syscall.SIGPIPE)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// After the first signal, restore default handling so a second one ends a
-	// shutdown that hangs.
-	context.AfterFunc(ctx, stop)
+	// drain at once.
+	context.AfterFunc(ctx, func() {
+		stop()
+		sdNotify("STOPPING=1")
+	})
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			sdNotify("RELOADING=1")
+			log.Warn().Msg("SIGHUP received: reloading the configuration and certificates is not implemented yet; nothing changed (restart to apply changes)")
+			sdNotify("READY=1")
+		}
+	}()
+	go func() {
+		select {
+		case <-srv.Listening():
+			sdNotify("READY=1")
+		case <-ctx.Done():
+		}
+	}()
 
 	log.Info().Str("version", version).Str("config", *path).Int("gomaxprocs", setMaxProcs()).Msg("starting")
 	// ListenAndServe logs its own "stopped" event after a clean shutdown.
