@@ -1,7 +1,9 @@
 # tlsproxy — build, test and demo targets.
 #
-#   make test    install missing deps (redis-server/redis-tools via apt-get),
-#                go vet, go test -race (tests start their own redis-server)
+#   make test    install missing deps (redis-server/redis-tools, promtool from
+#                prometheus, chromium for the status page test, via apt-get),
+#                go vet, go test -race (tests start their own redis-server);
+#                the tests then fail rather than skip when a tool is missing
 #   make build   bin/tlsproxy
 #   make demo    local Redis on 127.0.0.1:6379 + tlsproxy on 127.0.0.1:6380
 #   make bench   bench/run.sh against a fresh build
@@ -30,16 +32,16 @@ all: build
 deps:
 	@missing=""; \
 	pkgs=""; \
-	for b in redis-server:redis-server redis-cli:redis-tools redis-benchmark:redis-tools ss:iproute2 openssl:openssl promtool:prometheus; do \
+	for b in redis-server:redis-server redis-cli:redis-tools redis-benchmark:redis-tools ss:iproute2 openssl:openssl promtool:prometheus chromium:chromium; do \
 	  command -v "$${b%%:*}" >/dev/null 2>&1 || { missing="$$missing $${b%%:*}"; pkgs="$$pkgs $${b##*:}"; }; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "deps: missing:$$missing; installing$$pkgs with apt-get"; \
-	  command -v apt-get >/dev/null 2>&1 || { echo "deps: apt-get not found; install redis-server and redis-tools by hand" >&2; exit 1; }; \
+	  command -v apt-get >/dev/null 2>&1 || { echo "deps: apt-get not found; install redis-server, redis-tools, prometheus and chromium by hand" >&2; exit 1; }; \
 	  sudo=""; \
 	  if [ "$$(id -u)" != 0 ]; then \
 	    if command -v sudo >/dev/null 2>&1; then sudo=sudo; \
-	    else echo "deps: not root and no sudo; install redis-server and redis-tools by hand" >&2; exit 1; fi; \
+	    else echo "deps: not root and no sudo; install redis-server, redis-tools, prometheus and chromium by hand" >&2; exit 1; fi; \
 	  fi; \
 	  $$sudo apt-get update; \
 	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$pkgs; \
@@ -52,7 +54,7 @@ build:
 
 test: deps
 	$(GO) vet ./...
-	$(GO) test -race -count=1 -timeout 20m ./...
+	TLSPROXY_REQUIRE_TOOLS=1 $(GO) test -race -count=1 -timeout 20m ./...
 	# A seconds-long run of the benchmark harness, so it cannot rot (no speed is asserted).
 	bash bench/run.sh --smoke --require redis-tls,tlsproxy
 

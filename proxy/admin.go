@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -65,11 +66,15 @@ func (s *Server) AdminHandler() http.Handler {
 		enc.Encode(s.status())
 	})
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		var page bytes.Buffer
+		if err := statusPage.Execute(&page, s.status()); err != nil {
+			s.log.Error().Err(err).Msg("status page")
+			http.Error(w, "status page: "+err.Error(), http.StatusInternalServerError)
+			return
+		}
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
-		if err := statusPage.Execute(w, s.status()); err != nil {
-			s.log.Warn().Err(err).Msg("status page")
-		}
+		w.Write(page.Bytes())
 	})
 	return mux
 }
@@ -101,7 +106,7 @@ type status struct {
 	// loaded: at start until reloading exists.
 	LastReload   time.Time  `json:"last_reload"`
 	Certificates []certInfo `json:"certificates"`
-	now          time.Time
+	Now          time.Time  `json:"-"` // when the status was taken
 }
 
 type upstreamSt struct {
@@ -127,7 +132,7 @@ func (s *Server) status() status {
 		Listen:     s.cfg.Listen.Address,
 		StartedAt:  s.started,
 		LastReload: s.started,
-		now:        time.Now(),
+		Now:        time.Now(),
 	}
 	switch {
 	case s.draining.Load():
@@ -149,7 +154,7 @@ func (s *Server) status() status {
 		return false
 	})
 	for _, c := range s.certs {
-		c.DaysLeft = int(c.NotAfter.Sub(st.now).Hours() / 24)
+		c.DaysLeft = int(c.NotAfter.Sub(st.Now).Hours() / 24)
 		st.Certificates = append(st.Certificates, c)
 	}
 	return st
@@ -183,7 +188,7 @@ th{background:#f4f4f4}
 <h2>Certificates</h2>
 <table id="certificates">
 <tr><th>role</th><th>subject</th><th>serial</th><th>not after</th><th>days left</th><th>file</th></tr>
-{{range .Certificates}}<tr class="{{class . $.now}}"><td>{{.Role}}</td><td>{{.Subject}}</td><td>{{.Serial}}</td><td>{{date .NotAfter}}</td><td class="days">{{.DaysLeft}}</td><td>{{.File}}</td></tr>
+{{range .Certificates}}<tr class="{{class . $.Now}}"><td>{{.Role}}</td><td>{{.Subject}}</td><td>{{.Serial}}</td><td>{{date .NotAfter}}</td><td class="days">{{.DaysLeft}}</td><td>{{.File}}</td></tr>
 {{end}}</table>
 <p>Rows are coloured by the expiry policy: rotate 90 days before expiry (yellow), critical under 14 days (red). Machine-readable: <a href="/status">/status</a>, <a href="/metrics">/metrics</a>.</p>
 </body></html>

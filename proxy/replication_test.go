@@ -306,6 +306,12 @@ func TestReplicationReplicaThroughProxy(t *testing.T) {
 			if c, _ := started[0]["command"].(string); !strings.EqualFold(c, "psync") {
 				t.Errorf("\"replication stream started\" has command %q, want PSYNC: %s", c, raw[0])
 			}
+			if n := metric(t, tg.proxy, "tlsproxy_replication_streams_total", ""); n != 1 {
+				t.Errorf("tlsproxy_replication_streams_total = %v, want 1", n)
+			}
+			if n := metric(t, tg.proxy, "tlsproxy_pinned_sessions", `reason="replication"`); n != 1 {
+				t.Errorf("pinned sessions (replication) = %v, want 1", n)
+			}
 			replica.Stop()
 			replEventually(t, "\"replication stream ended\" in the proxy log after the replica stopped", func() bool {
 				ended, _ := safetyLogLines(t, tg.proxy, "replication stream ended")
