@@ -29,13 +29,14 @@ func (r *burstReader) Read(p []byte) (int, error) {
 
 // BenchmarkParseAndRoute is the proxy's own work per forwarded command,
 // without I/O: the request reader parses a burst of 16 pipelined GETs, each
-// is classified and queued for a shared connection, and the reader is
-// released.
+// is classified, counted and queued for a shared connection, and the reader
+// is released.
 func BenchmarkParseAndRoute(b *testing.B) {
 	const perBurst = 16
 	burst := []byte(strings.Repeat(cmd("GET", "key:000000001234"), perBurst))
 	cr := resp.NewRequestReader(&burstReader{burst: burst}, 1<<20, maxBulkLen)
 	var batch upstream.Batch
+	st := newStats()
 	total := 0
 	b.ReportAllocs()
 	for b.Loop() {
@@ -47,12 +48,16 @@ func BenchmarkParseAndRoute(b *testing.B) {
 		}
 		total += len(cmds)
 		for _, c := range cmds {
-			if commands.Classify(c.Args) != commands.Shared {
+			// What dispatch does: route, count, queue with the command's tag.
+			route, id := commands.Resolve(c.Args)
+			if route != commands.Shared {
 				b.Fatal("GET is not stateless")
 			}
+			st.commands[id].Add(1)
 			batch.Cmds = append(batch.Cmds, c.Raw)
+			batch.Tags = append(batch.Tags, uint16(id))
 		}
-		batch.Cmds = batch.Cmds[:0]
+		batch.Cmds, batch.Tags = batch.Cmds[:0], batch.Tags[:0]
 		cr.Release()
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(total), "ns/cmd")

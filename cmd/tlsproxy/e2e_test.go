@@ -541,6 +541,8 @@ func (f *e2eFixture) writeConfigFull(t *testing.T, addr, certFile, keyFile, list
 	b.WriteString(listenExtra)
 	fmt.Fprintf(&b, "  tls:\n    cert_file: %q\n    key_file: %q\n    client_ca_file: %q\n", certFile, keyFile, f.cert("ca.crt"))
 	fmt.Fprintf(&b, "upstream:\n  url: %q\n  password_file: %q\n", upstreamURL, pwFile)
+	// Proxies run in parallel: each gets an admin endpoint of its own.
+	fmt.Fprintf(&b, "admin:\n  address: %q\n", e2eFreeAddr(t))
 	fmt.Fprintf(&b, "log:\n  level: info\n  format: json\n")
 	path := filepath.Join(t.TempDir(), "tlsproxy.yaml")
 	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {

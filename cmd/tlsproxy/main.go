@@ -143,9 +143,11 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 	// After the first signal, restore default handling so a second one ends a
 	// drain at once.
+	stopping := make(chan struct{})
 	context.AfterFunc(ctx, func() {
-		stop()
 		sdNotify("STOPPING=1")
+		stop()
+		close(stopping)
 	})
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -170,6 +172,9 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 	if err := srv.ListenAndServe(ctx); err != nil {
 		log.Error().Err(err).Msg("stopped with error")
 		return 1
+	}
+	if ctx.Err() != nil {
+		<-stopping // STOPPING=1 is out before the process exits, however fast the drain
 	}
 	return 0
 }
