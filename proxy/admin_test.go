@@ -2,9 +2,11 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -300,5 +302,54 @@ func TestDrainInFlight(t *testing.T) {
 	}
 	if v := e.direct(t).Get(context.Background(), "drain:k").Val(); v != "v" {
 		t.Fatalf("drain:k = %q", v)
+	}
+}
+
+// TestAdminTLS: with admin.tls the endpoint speaks HTTPS only, and with a
+// client CA it answers only clients with a certificate from it; the status
+// lists the admin certificate too.
+func TestAdminTLS(t *testing.T) {
+	p := newPKI(t)
+	rs := testredis.Start(t, testredis.Options{})
+	e, _, _, err := serveProxy(t, p, "redis://"+rs.Addr, func(c *config.Config) {
+		c.Admin.TLS = config.AdminTLS{CertFile: p.certFile, KeyFile: p.keyFile, ClientCAFile: p.caFile}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func(cfg *tls.Config, scheme string) (*http.Response, error) {
+		c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}
+		return c.Get(scheme + "://" + e.admin + "/status")
+	}
+	if resp, err := get(nil, "http"); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == 200 {
+			t.Fatal("plain HTTP answered 200 on an HTTPS admin endpoint")
+		}
+	}
+	if resp, err := get(&tls.Config{RootCAs: p.ca.Pool()}, "https"); err == nil {
+		resp.Body.Close()
+		t.Fatalf("HTTPS without a client certificate: %s", resp.Status)
+	}
+	resp, err := get(p.clientTLS(), "https")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `"role": "admin"`) || !strings.Contains(string(body), `"role": "admin-client-ca"`) {
+		t.Fatalf("HTTPS with a client certificate: %s %s", resp.Status, body)
+	}
+}
+
+func TestIsLoopbackAddr(t *testing.T) {
+	for addr, want := range map[string]bool{"127.0.0.1:9180": true, "[::1]:9180": true, "0.0.0.0:9180": false, "10.1.2.3:9180": false} {
+		a, err := net.ResolveTCPAddr("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := isLoopbackAddr(a); got != want {
+			t.Errorf("isLoopbackAddr(%s) = %v", addr, got)
+		}
 	}
 }

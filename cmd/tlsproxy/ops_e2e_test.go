@@ -552,6 +552,35 @@ func TestHealthCommand(t *testing.T) {
 	p.stop(t)
 }
 
+// TestHealthCommandHTTPS: over HTTPS (admin.tls) health checks that the
+// endpoint presents exactly admin.tls.cert_file, whatever name it is
+// reached by.
+func TestHealthCommandHTTPS(t *testing.T) {
+	t.Parallel()
+	o := newOps(t, 5*time.Second)
+	withAdminTLS := func(cfg, cert, key string) string {
+		b, err := os.ReadFile(cfg)
+		opsNoErr(t, err)
+		tlsLines := fmt.Sprintf("  tls:\n    cert_file: %q\n    key_file: %q\n", cert, key)
+		b = adminLine.ReplaceAllFunc(b, func(m []byte) []byte { return append(m, tlsLines...) })
+		path := filepath.Join(t.TempDir(), "admin-tls.yaml")
+		opsNoErr(t, os.WriteFile(path, b, 0o600))
+		return path
+	}
+	o.cfg = withAdminTLS(o.cfg, o.cert("server.crt"), o.cert("server.key"))
+	p := o.start(t)
+	r := e2eRun(t, o.bin, nil, "health", "--config", o.cfg)
+	if r.code != 0 || !strings.Contains(r.stdout, "https://"+o.admin+"/healthz: ok") {
+		t.Errorf("health over HTTPS: %s", r)
+	}
+	other := withAdminTLS(o.config(t, o.admin, 5*time.Second), o.cert("client.crt"), o.cert("client.key"))
+	r = e2eRun(t, o.bin, nil, "health", "--config", other)
+	if r.code != 1 || !strings.Contains(r.stderr, "did not present admin.tls.cert_file") {
+		t.Errorf("health pinned to another certificate: want exit 1: %s", r)
+	}
+	p.stop(t)
+}
+
 func TestReadinessFollowsRedis(t *testing.T) {
 	t.Parallel()
 	o := newOps(t, 5*time.Second)
