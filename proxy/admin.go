@@ -26,8 +26,11 @@ func (s *Server) ServeAdmin(ctx context.Context, ln net.Listener) error {
 		Handler:           s.AdminHandler(),
 		ReadHeaderTimeout: 5 * time.Second,
 	}
-	if s.adminTLS != nil {
-		ln = tls.NewListener(ln, s.adminTLS)
+	if s.adminTLS.Load() != nil {
+		// Each handshake takes the configuration of the moment (reloads).
+		ln = tls.NewListener(ln, &tls.Config{GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			return s.adminTLS.Load(), nil
+		}})
 	}
 	stop := context.AfterFunc(ctx, func() {
 		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -35,7 +38,7 @@ func (s *Server) ServeAdmin(ctx context.Context, ln net.Listener) error {
 		hs.Shutdown(sctx)
 	})
 	defer stop()
-	s.log.Info().Str("address", ln.Addr().String()).Bool("tls", s.adminTLS != nil).Msg("admin endpoint listening")
+	s.log.Info().Str("address", ln.Addr().String()).Bool("tls", s.adminTLS.Load() != nil).Msg("admin endpoint listening")
 	if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
@@ -131,7 +134,7 @@ func (s *Server) status() status {
 		Version:    s.version,
 		Listen:     s.cfg.Listen.Address,
 		StartedAt:  s.started,
-		LastReload: s.started,
+		LastReload: *s.loadedAt.Load(),
 		Now:        time.Now(),
 	}
 	switch {
@@ -145,7 +148,7 @@ func (s *Server) status() status {
 	}
 	st.Upstream = upstreamSt{Address: s.target.Address, Network: s.target.Network, Encrypted: s.target.TLS}
 	st.Upstream.Up, st.Upstream.Reason = s.upstreamUp()
-	st.Connections = connections{Clients: s.stats.active.Load(), MaxClients: s.cfg.Limits.MaxClients}
+	st.Connections = connections{Clients: s.stats.active.Load(), MaxClients: s.limits.Load().MaxClients}
 	s.anyPool(func(p *upstream.Pool) bool {
 		sh, pi, id := p.Conns()
 		st.Connections.UpstreamShared += sh
@@ -153,7 +156,7 @@ func (s *Server) status() status {
 		st.Connections.UpstreamIdle += id
 		return false
 	})
-	for _, c := range s.certs {
+	for _, c := range *s.certs.Load() {
 		c.DaysLeft = int(c.NotAfter.Sub(st.Now).Hours() / 24)
 		st.Certificates = append(st.Certificates, c)
 	}

@@ -70,6 +70,7 @@ type stats struct {
 	dials       [2]atomic.Uint64
 	disconnects [disconnectReasons]atomic.Uint64
 	replication atomic.Uint64
+	reloads     [2]atomic.Uint64 // success, failure
 	// Bytes of client connections that have closed; open ones are added
 	// at scrape time.
 	bytesIn, bytesOut atomic.Uint64
@@ -161,11 +162,14 @@ var (
 	descBytes       = desc("tlsproxy_bytes_total", "Bytes on client connections, TLS included: received from clients, sent to clients.", "direction")
 	descDisconnects = desc("tlsproxy_client_disconnects_total", "Clients the proxy disconnected, by reason.", "reason")
 	descRepl        = desc("tlsproxy_replication_streams_total", "Replication streams (SYNC/PSYNC accepted by Redis) carried.")
+	descReloads     = desc("tlsproxy_config_reloads_total", "Reloads of the certificates, keys, CA bundles and password file, by result.", "result")
+	descReloadTime  = desc("tlsproxy_config_last_reload_success_timestamp_seconds", "When the material in use was loaded (start or the last successful reload), Unix time.")
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuild, descClients, descClientLimit, descClientTotal, descHandshake,
-		descCommands, descCmdErrors, descUpConns, descDials, descUp, descPinned, descBytes, descDisconnects, descRepl} {
+		descCommands, descCmdErrors, descUpConns, descDials, descUp, descPinned, descBytes, descDisconnects, descRepl,
+		descReloads, descReloadTime} {
 		ch <- d
 	}
 }
@@ -180,7 +184,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(descBuild, 1, s.version, runtime.Version())
 	gauge(descClients, float64(st.active.Load()))
-	gauge(descClientLimit, float64(s.cfg.Limits.MaxClients))
+	gauge(descClientLimit, float64(s.limits.Load().MaxClients))
 	counter(descClientTotal, st.sessions.Load())
 	for reason, n := range s.rejects.snapshot() {
 		counter(descHandshake, n, reason)
@@ -229,4 +233,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descDisconnects, st.disconnects[r].Load(), disconnectNames[r])
 	}
 	counter(descRepl, st.replication.Load())
+	counter(descReloads, st.reloads[0].Load(), "success")
+	counter(descReloads, st.reloads[1].Load(), "failure")
+	gauge(descReloadTime, float64(s.loadedAt.Load().UnixNano())/1e9)
 }

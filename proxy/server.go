@@ -23,8 +23,13 @@ import (
 type Server struct {
 	cfg       config.Config
 	log       zerolog.Logger
-	tlsConfig *tls.Config
-	adminTLS  *tls.Config // nil: the admin endpoint speaks plain HTTP
+	// The material a reload swaps: new handshakes take what is current.
+	serverTLS atomic.Pointer[tls.Config]
+	adminTLS  atomic.Pointer[tls.Config] // nil: the admin endpoint speaks plain HTTP
+	certs     atomic.Pointer[[]certInfo]
+	limits    atomic.Pointer[config.Limits]
+	loadedAt  atomic.Pointer[time.Time] // when the material in use was loaded
+	reloadMu  sync.Mutex                // one reload at a time
 	target    config.Target
 	pool      *upstream.Pool // as the configured upstream user
 	users     sync.Map       // user name -> *upstream.Pool, made for clients' AUTH
@@ -34,7 +39,6 @@ type Server struct {
 	rejects   *rejectLog
 	stats     *stats
 	health    upstreamHealth
-	certs     []certInfo
 	version   string
 	started   time.Time
 
@@ -100,23 +104,22 @@ func New(cfg config.Config, log zerolog.Logger) (*Server, error) {
 	opts.Hooks = st.hooks()
 	p := cfg.Upstream.Pool
 	limits := upstream.Limits{MaxShared: p.MaxSize, MinIdle: p.MinIdle, MaxIdle: p.MaxIdle, MaxPinned: p.MaxPinned}
-	return &Server{
+	s := &Server{
 		cfg:       cfg,
 		log:       log,
-		tlsConfig: tc,
-		adminTLS:  adminTLS,
 		target:    target,
 		pool:      upstream.NewPool(opts, limits, log.With().Str("component", "upstream").Logger()),
 		defaultDB: target.DB,
 		rejects:   newRejectLog(log),
 		stats:     st,
-		certs:     certs,
 		version:   "dev",
 		started:   time.Now(),
 		drained:   make(chan struct{}),
 		listenOK:  make(chan struct{}),
 		conns:     make(map[*clientConn]struct{}),
-	}, nil
+	}
+	s.swap(material{server: tc, admin: adminTLS, certs: certs, limits: cfg.Limits})
+	return s, nil
 }
 
 // Listening is closed once the proxy accepts client connections.
@@ -140,7 +143,7 @@ func (s *Server) ListenAndServe(ctx context.Context) error {
 			return fmt.Errorf("admin.address: %w", err)
 		}
 		if !isLoopbackAddr(aln.Addr()) {
-			s.log.Warn().Str("address", a).Bool("tls", s.adminTLS != nil).Bool("client_certificates", s.cfg.Admin.TLS.ClientCAFile != "").
+			s.log.Warn().Str("address", a).Bool("tls", s.adminTLS.Load() != nil).Bool("client_certificates", s.cfg.Admin.TLS.ClientCAFile != "").
 				Msg("WARNING: the admin endpoint listens beyond loopback: protect it (admin.tls, a firewall)")
 		}
 		// The admin endpoint stays up through the drain (readyz says so)
@@ -205,7 +208,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // A client beyond limits.max_clients gets Redis's error and is closed.
 func (s *Server) handshake(ctx context.Context, cc *clientConn, full bool) {
 	start := time.Now()
-	tc := tls.Server(cc, s.tlsConfig)
+	tc := tls.Server(cc, s.serverTLS.Load())
 	hctx, cancel := context.WithTimeout(ctx, s.cfg.Listen.HandshakeTimeout)
 	err := tc.HandshakeContext(hctx)
 	cancel()
@@ -232,7 +235,7 @@ func (s *Server) handshake(ctx context.Context, cc *clientConn, full bool) {
 // refuseFull answers a client beyond limits.max_clients as Redis does.
 func (s *Server) refuseFull(tc *tls.Conn) {
 	if n := s.stats.disconnects[byMaxClients].Add(1); n&(n-1) == 0 { // the 1st, 2nd, 4th, ...
-		s.log.Warn().Int("max_clients", s.cfg.Limits.MaxClients).Uint64("refused", n).Msg("client refused: limits.max_clients reached")
+		s.log.Warn().Int("max_clients", s.limits.Load().MaxClients).Uint64("refused", n).Msg("client refused: limits.max_clients reached")
 	}
 	tc.SetWriteDeadline(time.Now().Add(time.Second))
 	tc.Write([]byte("-ERR max number of clients reached\r\n"))
@@ -252,7 +255,7 @@ func (s *Server) track(cc *clientConn) (full, ok bool) {
 	if s.closed {
 		return false, false
 	}
-	full = len(s.conns) >= s.cfg.Limits.MaxClients
+	full = len(s.conns) >= s.limits.Load().MaxClients
 	s.conns[cc] = struct{}{}
 	return full, true
 }

@@ -114,7 +114,7 @@ func newSession(srv *Server, conn *tls.Conn, id tlsconf.Identity) *session {
 	srv.stats.active.Add(1)
 	s.rd = resp.NewRequestReader(conn, srv.cfg.Listen.MaxRequestBytes, maxBulkLen)
 	s.batch.Stream = s.stream
-	s.batch.Limit, s.batch.Overflow = srv.cfg.Limits.ClientOutputBuffer, s.outputOverflow
+	s.batch.Limit, s.batch.Overflow = srv.limits.Load().ClientOutputBuffer, s.outputOverflow
 	return s
 }
 
@@ -127,8 +127,8 @@ func (s *session) serve() {
 			s.log.Error().Str("panic", fmt.Sprint(r)).Bytes("stack", debug.Stack()).Msg("session panicked; closing client")
 		}
 	}()
-	idle := s.srv.cfg.Limits.IdleTimeout
 	for {
+		idle := s.srv.limits.Load().IdleTimeout
 		if s.srv.draining.Load() {
 			s.drainEnd()
 			return
@@ -371,7 +371,7 @@ func (s *session) upstreamFailed(err error) {
 // which goes on at once: nobody else waits for this client.
 func (s *session) outputOverflow() {
 	s.srv.stats.disconnects[byOutputBuffer].Add(1)
-	s.log.Warn().Int("client_output_buffer", s.srv.cfg.Limits.ClientOutputBuffer).Msg("client output buffer limit reached: the client does not read its replies; closing client")
+	s.log.Warn().Int("client_output_buffer", s.batch.Limit).Msg("client output buffer limit reached: the client does not read its replies; closing client")
 	s.closeClient()
 }
 
@@ -396,7 +396,7 @@ func (s *session) readTimedOut() {
 		return
 	}
 	s.srv.stats.disconnects[byIdleTimeout].Add(1)
-	s.log.Debug().Dur("idle_timeout", s.srv.cfg.Limits.IdleTimeout).Msg("idle client closed (limits.idle_timeout)")
+	s.log.Debug().Dur("idle_timeout", s.srv.limits.Load().IdleTimeout).Msg("idle client closed (limits.idle_timeout)")
 }
 
 func isTimeout(err error) bool {

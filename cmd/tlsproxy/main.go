@@ -118,7 +118,7 @@ func configFlag(fs *flag.FlagSet) *string {
 }
 
 func runCmd(args []string, stdout, stderr io.Writer) int {
-	cmd := newCommand("run", "tlsproxy [run] [--config FILE]\n\nServes until SIGINT or SIGTERM, then drains (in-flight commands finish, every\nconnection closes, within shutdown_timeout) and exits 0; a second signal exits at once.\nSIGHUP is logged and ignored until reloading exists.")
+	cmd := newCommand("run", "tlsproxy [run] [--config FILE]\n\nServes until SIGINT or SIGTERM, then drains (in-flight commands finish, every\nconnection closes, within shutdown_timeout) and exits 0; a second signal exits at once.\nSIGHUP (or a change to a certificate, key, CA or password file) reloads them.")
 	path := configFlag(cmd.fs)
 	if ok, code := cmd.parse(args, stdout, stderr); !ok {
 		return code
@@ -152,13 +152,7 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	go func() {
-		for range hup {
-			sdNotify("RELOADING=1")
-			log.Warn().Msg("SIGHUP received: reloading the configuration and certificates is not implemented yet; nothing changed (restart to apply changes)")
-			sdNotify("READY=1")
-		}
-	}()
+	go newReloader(*path, srv, cfg, log).run(ctx, hup)
 	go func() {
 		select {
 		case <-srv.Listening():
@@ -259,14 +253,20 @@ func loadConfig(path string, stderr io.Writer) (config.Config, bool) {
 // newLogger builds the process logger: JSON lines by default, or a human-readable
 // console format. cfg was validated, so the level parses.
 func newLogger(cfg config.Log, w io.Writer) zerolog.Logger {
+	setLogLevel(cfg)
+	if cfg.Format == "console" {
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339}
+	}
+	return zerolog.New(w).With().Timestamp().Logger()
+}
+
+// setLogLevel sets log.level, process-wide, so that a reload can change it.
+func setLogLevel(cfg config.Log) {
 	level, err := zerolog.ParseLevel(cfg.Level)
 	if err != nil {
 		level = zerolog.InfoLevel
 	}
-	if cfg.Format == "console" {
-		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339}
-	}
-	return zerolog.New(w).Level(level).With().Timestamp().Logger()
+	zerolog.SetGlobalLevel(level)
 }
 
 // setMaxProcs lets the proxy use half the CPUs Go would use (at least one),

@@ -425,7 +425,9 @@ func TestSecondSignalExitsAtOnce(t *testing.T) {
 	}
 }
 
-func TestSIGHUPIgnored(t *testing.T) {
+// TestSIGHUPReloads: SIGHUP reloads (and does not stop the proxy); open
+// connections and new ones keep working.
+func TestSIGHUPReloads(t *testing.T) {
 	t.Parallel()
 	o := newOps(t, 5*time.Second)
 	p := o.start(t)
@@ -435,7 +437,9 @@ func TestSIGHUPIgnored(t *testing.T) {
 		t.Fatalf("PING: %q", r)
 	}
 	p.signal(t, syscall.SIGHUP)
-	p.waitLog(t, func(l e2eLogLine) bool { return strings.Contains(l.Message, "SIGHUP received") })
+	p.waitLog(t, func(l e2eLogLine) bool {
+		return strings.Contains(l.Message, "reloaded certificates") && l.Raw["trigger"] == "SIGHUP"
+	})
 	time.Sleep(200 * time.Millisecond)
 	if p.exited() {
 		t.Fatalf("SIGHUP stopped the proxy (%v):\n%s", p.waitErr, p.stderr.String())

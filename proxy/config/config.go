@@ -27,6 +27,7 @@ type Config struct {
 	Upstream Upstream `mapstructure:"upstream"`
 	Admin    Admin    `mapstructure:"admin"`
 	Limits   Limits   `mapstructure:"limits"`
+	TLS      TLS      `mapstructure:"tls"`
 	Log      Log      `mapstructure:"log"`
 	// ShutdownTimeout bounds the drain after SIGTERM/SIGINT: in-flight
 	// commands finish and their replies reach the clients, then every
@@ -49,6 +50,16 @@ type AdminTLS struct {
 	CertFile     string `mapstructure:"cert_file"`
 	KeyFile      string `mapstructure:"key_file"`
 	ClientCAFile string `mapstructure:"client_ca_file"`
+}
+
+// TLS is the certificate lifecycle: reloading and expiry monitoring.
+type TLS struct {
+	// ReloadInterval reloads the certificates, keys, CA bundles and the
+	// password file this often (0: only on SIGHUP and when the files change).
+	ReloadInterval time.Duration `mapstructure:"reload_interval"`
+	// ExpiryWarning is the window before a certificate's expiry in which it
+	// is reported as due for rotation.
+	ExpiryWarning time.Duration `mapstructure:"expiry_warning"`
 }
 
 // Limits bound what clients can take.
@@ -160,6 +171,7 @@ func Default() Config {
 		},
 		Admin:           Admin{Address: "127.0.0.1:9180"},
 		Limits:          Limits{MaxClients: 10000, ClientOutputBuffer: 512 << 20},
+		TLS:             TLS{ExpiryWarning: 90 * 24 * time.Hour},
 		Log:             Log{Level: "info", Format: "json"},
 		ShutdownTimeout: 15 * time.Second,
 	}
@@ -302,6 +314,19 @@ func settings(c Config) []setting {
 	return out
 }
 
+// Changed returns the keys whose values differ between a and b, in
+// declaration order.
+func Changed(a, b Config) []string {
+	var out []string
+	sb := settings(b)
+	for i, s := range settings(a) {
+		if !reflect.DeepEqual(s.value, sb[i].value) {
+			out = append(out, s.key)
+		}
+	}
+	return out
+}
+
 // Keys returns every config key in declaration order, e.g. "listen.tls.cert_file".
 func Keys() []string {
 	var keys []string
@@ -418,6 +443,8 @@ func (c Config) Validate() error {
 		add("limits.client_output_buffer", "must be at least 1048576 (1 MiB, in bytes), got %d", lim.ClientOutputBuffer)
 	}
 	positive("shutdown_timeout", c.ShutdownTimeout)
+	notNegative("tls.reload_interval", c.TLS.ReloadInterval)
+	positive("tls.expiry_warning", c.TLS.ExpiryWarning)
 
 	oneOf("log.level", c.Log.Level, LogLevels)
 	oneOf("log.format", c.Log.Format, LogFormats)

@@ -46,14 +46,15 @@ func TestDefault(t *testing.T) {
 		c.Upstream.Pool != (Pool{MaxSize: 2, MinIdle: 1, MaxIdle: 16, MaxPinned: 256}) ||
 		c.Log != (Log{Level: "info", Format: "json"}) ||
 		c.Admin != (Admin{Address: "127.0.0.1:9180"}) || c.ShutdownTimeout != 15*time.Second ||
-		c.Limits != (Limits{MaxClients: 10000, ClientOutputBuffer: 512 << 20}) {
+		c.Limits != (Limits{MaxClients: 10000, ClientOutputBuffer: 512 << 20}) ||
+		c.TLS != (TLS{ExpiryWarning: 2160 * time.Hour}) {
 		t.Errorf("unexpected defaults: %+v", c)
 	}
 	if err := valid().Validate(); err != nil {
 		t.Errorf("defaults plus cert paths should validate: %v", err)
 	}
-	if len(Keys()) != 31 {
-		t.Errorf("Keys() = %d keys, want 31: %v", len(Keys()), Keys())
+	if len(Keys()) != 33 {
+		t.Errorf("Keys() = %d keys, want 33: %v", len(Keys()), Keys())
 	}
 	if got := EnvVar("listen.tls.cert_file"); got != "TLSPROXY_LISTEN_TLS_CERT_FILE" {
 		t.Errorf("EnvVar = %q", got)
@@ -223,6 +224,8 @@ func TestValidate(t *testing.T) {
 		{"negative idle timeout", func(c *Config) { c.Limits.IdleTimeout = -time.Second }, "limits.idle_timeout:"},
 		{"tiny output buffer", func(c *Config) { c.Limits.ClientOutputBuffer = 1000 }, "limits.client_output_buffer: must be at least 1048576"},
 		{"zero shutdown timeout", func(c *Config) { c.ShutdownTimeout = 0 }, "shutdown_timeout: must be a positive duration"},
+		{"negative reload interval", func(c *Config) { c.TLS.ReloadInterval = -time.Second }, "tls.reload_interval:"},
+		{"zero expiry warning", func(c *Config) { c.TLS.ExpiryWarning = 0 }, "tls.expiry_warning:"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -392,5 +395,16 @@ func TestReadmeDocumentsEveryKey(t *testing.T) {
 		if !strings.Contains(string(raw), "`"+k+"`") || !strings.Contains(string(raw), "`"+EnvVar(k)+"`") {
 			t.Errorf("README.md does not document %s (%s)", k, EnvVar(k))
 		}
+	}
+}
+
+func TestChanged(t *testing.T) {
+	a, b := valid(), valid()
+	if got := Changed(a, b); len(got) != 0 {
+		t.Fatalf("Changed(same) = %v", got)
+	}
+	b.Listen.TLS.CertFile, b.Limits.MaxClients, b.Upstream.Pool.MaxSize = "other.crt", 5, 9
+	if got := strings.Join(Changed(a, b), " "); got != "listen.tls.cert_file upstream.pool.max_size limits.max_clients" {
+		t.Fatalf("Changed = %s", got)
 	}
 }

@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"math"
 	"net"
@@ -154,13 +155,38 @@ func (p *Pool) User() string {
 }
 
 // Password is the password the pool's connections log in with.
-func (p *Pool) Password() string { return p.opts.Password }
+func (p *Pool) Password() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.opts.Password
+}
+
+// SetTLS makes new connections use tc (a reload of the upstream CA or
+// client certificate); open connections keep theirs. A nil tc leaves a
+// plain pool plain.
+func (p *Pool) SetTLS(tc *tls.Config) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.opts.TLS != nil && tc != nil {
+		p.opts.TLS = tc
+	}
+}
+
+// SetPassword makes new connections log in with password (a rotated
+// upstream.password_file); open connections stay logged in.
+func (p *Pool) SetPassword(password string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.opts.Password = password
+}
 
 // ForUser returns a pool like p whose connections log in as user with
 // password, for the sessions of clients that authenticated as that user.
 // It keeps no idle connections ready.
 func (p *Pool) ForUser(user, password string) *Pool {
+	p.mu.Lock()
 	o := p.opts
+	p.mu.Unlock()
 	o.Username, o.Password = user, password
 	l := p.limits
 	l.MinIdle = 0
@@ -415,9 +441,10 @@ func (p *Pool) dial(proto, db int) (*Conn, error) {
 		p.mu.Unlock()
 		return nil, err
 	}
+	o := p.opts // the connection keeps the credentials it was made with
 	p.mu.Unlock()
 
-	c, err := Dial(context.Background(), &p.opts, proto, db)
+	c, err := Dial(context.Background(), &o, proto, db)
 	if h := p.opts.Hooks; h != nil && h.Dial != nil {
 		h.Dial(err)
 	}

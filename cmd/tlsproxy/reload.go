@@ -1,0 +1,161 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"github.com/rs/zerolog"
+	"github.com/tlsproxy/tlsproxy/proxy"
+	"github.com/tlsproxy/tlsproxy/proxy/config"
+)
+
+// reloader reloads the proxy's configuration, certificates, keys, CA
+// bundles and password file on SIGHUP, when one of those files changes
+// (their directories are watched, so a rename into place or Kubernetes'
+// symlink swap is seen), and every tls.reload_interval.
+type reloader struct {
+	path string // the config file; "" when there is none
+	srv  *proxy.Server
+	log  zerolog.Logger
+
+	sums map[string][32]byte // the files' contents at the last successful load
+	cfg  config.Config
+}
+
+// reloadDebounce is how long a burst of file events settles before the
+// reload, and the wait before a failed watch-triggered reload is tried
+// again (a certificate written before its key fails once, then loads).
+var reloadDebounce = 300 * time.Millisecond
+
+const reloadRetries = 4
+
+func newReloader(path string, srv *proxy.Server, cfg config.Config, log zerolog.Logger) *reloader {
+	r := &reloader{path: path, srv: srv, log: log, cfg: cfg}
+	r.sums = r.checksums(cfg)
+	return r
+}
+
+// files are those a reload reads.
+func (r *reloader) files(cfg config.Config) []string {
+	var out []string
+	for _, f := range []string{r.path, cfg.Listen.TLS.CertFile, cfg.Listen.TLS.KeyFile, cfg.Listen.TLS.ClientCAFile,
+		cfg.Upstream.PasswordFile, cfg.Upstream.TLS.CAFile, cfg.Upstream.TLS.CertFile, cfg.Upstream.TLS.KeyFile,
+		cfg.Admin.TLS.CertFile, cfg.Admin.TLS.KeyFile, cfg.Admin.TLS.ClientCAFile} {
+		if f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func (r *reloader) checksums(cfg config.Config) map[string][32]byte {
+	m := map[string][32]byte{}
+	for _, f := range r.files(cfg) {
+		if b, err := os.ReadFile(f); err == nil {
+			m[f] = sha256.Sum256(b)
+		}
+	}
+	return m
+}
+
+// changed reports whether a file differs from its last loaded contents.
+func (r *reloader) changed() bool {
+	now := r.checksums(r.cfg)
+	if len(now) != len(r.sums) {
+		return true
+	}
+	for f, sum := range now {
+		if r.sums[f] != sum {
+			return true
+		}
+	}
+	return false
+}
+
+// reload loads the configuration and applies it; retries > 0 tries again
+// after reloadDebounce while it fails. Only the outcome is counted.
+func (r *reloader) reload(why string, retries int) {
+	var err error
+	for attempt := 0; ; attempt++ {
+		var cfg config.Config
+		if cfg, err = config.Load(r.path); err == nil {
+			if err = r.srv.Reload(cfg); err == nil {
+				setLogLevel(cfg.Log)
+				r.cfg, r.sums = cfg, r.checksums(cfg)
+				break
+			}
+		}
+		if attempt >= retries {
+			break
+		}
+		time.Sleep(reloadDebounce)
+	}
+	r.srv.NoteReload(why, err)
+}
+
+// run serves the reload triggers until ctx is done.
+func (r *reloader) run(ctx context.Context, hup <-chan os.Signal) {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		r.log.Warn().Err(err).Msg("cannot watch the certificate files; they are reloaded on SIGHUP and tls.reload_interval only")
+	} else {
+		defer w.Close()
+		r.watch(w)
+	}
+	var events <-chan fsnotify.Event
+	var werrs <-chan error
+	if w != nil {
+		events, werrs = w.Events, w.Errors
+	}
+	var tick <-chan time.Time
+	if iv := r.cfg.TLS.ReloadInterval; iv > 0 {
+		t := time.NewTicker(iv)
+		defer t.Stop()
+		tick = t.C
+	}
+	var settle <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			sdNotify("RELOADING=1")
+			r.reload("SIGHUP", 0)
+			sdNotify("READY=1")
+		case <-events:
+			settle = time.After(reloadDebounce) // wait for the burst to end
+			continue
+		case err := <-werrs:
+			r.log.Warn().Err(err).Msg("watching the certificate files")
+			continue
+		case <-settle:
+			settle = nil
+			if !r.changed() {
+				continue
+			}
+			r.reload("file change", reloadRetries)
+		case <-tick:
+			if !r.changed() {
+				continue
+			}
+			r.reload("tls.reload_interval", 0)
+		}
+		if w != nil {
+			r.watch(w) // the configuration may name new directories
+		}
+	}
+}
+
+// watch adds the directories of the files a reload reads.
+func (r *reloader) watch(w *fsnotify.Watcher) {
+	for _, f := range r.files(r.cfg) {
+		dir := filepath.Dir(f)
+		if err := w.Add(dir); err != nil {
+			r.log.Warn().Err(err).Str("directory", dir).Msg("cannot watch for certificate changes")
+		}
+	}
+}
