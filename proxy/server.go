@@ -21,8 +21,8 @@ import (
 
 // Server is a running proxy. Build it with New.
 type Server struct {
-	cfg       config.Config
-	log       zerolog.Logger
+	cfg config.Config
+	log zerolog.Logger
 	// The material a reload swaps: new handshakes take what is current.
 	serverTLS atomic.Pointer[tls.Config]
 	adminTLS  atomic.Pointer[tls.Config] // nil: the admin endpoint speaks plain HTTP
