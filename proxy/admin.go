@@ -109,7 +109,9 @@ type status struct {
 	// loaded: at start until reloading exists.
 	LastReload   time.Time  `json:"last_reload"`
 	Certificates []certInfo `json:"certificates"`
-	Now          time.Time  `json:"-"` // when the status was taken
+	// ExpiryWarningDays is tls.expiry_warning in days.
+	ExpiryWarningDays int       `json:"expiry_warning_days"`
+	Now               time.Time `json:"-"` // when the status was taken
 }
 
 type upstreamSt struct {
@@ -156,16 +158,18 @@ func (s *Server) status() status {
 		st.Connections.UpstreamIdle += id
 		return false
 	})
-	for _, c := range *s.certs.Load() {
-		c.DaysLeft = int(c.NotAfter.Sub(st.Now).Hours() / 24)
+	warning := s.expiryWarning()
+	st.ExpiryWarningDays = int(warning.Hours() / 24)
+	for _, c := range s.allCerts() {
+		c.DaysLeft = daysLeft(c.NotAfter, st.Now)
+		c.Expiry = expiryClass(c.NotAfter, st.Now, warning)
 		st.Certificates = append(st.Certificates, c)
 	}
 	return st
 }
 
 var statusPage = template.Must(template.New("status").Funcs(template.FuncMap{
-	"class": func(c certInfo, now time.Time) string { return c.expiryClass(now) },
-	"date":  func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04 UTC") },
+	"date": func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04 UTC") },
 }).Parse(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tlsproxy {{.Listen}}</title>
 <style>
@@ -191,8 +195,8 @@ th{background:#f4f4f4}
 <h2>Certificates</h2>
 <table id="certificates">
 <tr><th>role</th><th>subject</th><th>serial</th><th>not after</th><th>days left</th><th>file</th></tr>
-{{range .Certificates}}<tr class="{{class . $.Now}}"><td>{{.Role}}</td><td>{{.Subject}}</td><td>{{.Serial}}</td><td>{{date .NotAfter}}</td><td class="days">{{.DaysLeft}}</td><td>{{.File}}</td></tr>
+{{range .Certificates}}<tr class="{{.Expiry}}"><td>{{.Role}}</td><td>{{.Subject}}</td><td>{{.Serial}}</td><td>{{date .NotAfter}}</td><td class="days">{{.DaysLeft}}</td><td>{{.File}}</td></tr>
 {{end}}</table>
-<p>Rows are coloured by the expiry policy: rotate 90 days before expiry (yellow), critical under 14 days (red). Machine-readable: <a href="/status">/status</a>, <a href="/metrics">/metrics</a>.</p>
+<p>Rows are coloured by the expiry policy: rotate {{.ExpiryWarningDays}} days before expiry (tls.expiry_warning, yellow), critical under 14 days or expired (red). Machine-readable: <a href="/status">/status</a>, <a href="/metrics">/metrics</a>.</p>
 </body></html>
 `))

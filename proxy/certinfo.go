@@ -20,27 +20,7 @@ type certInfo struct {
 	Serial   string    `json:"serial"`
 	NotAfter time.Time `json:"not_after"`
 	DaysLeft int       `json:"days_left"`
-}
-
-// The expiry policy the status page colours by: rotate certificates 90
-// days before they expire; under 14 days is critical.
-const (
-	expiryWarning  = 90 * 24 * time.Hour
-	expiryCritical = 14 * 24 * time.Hour
-)
-
-// expiryClass is "expired", "critical", "warning" or "ok".
-func (c certInfo) expiryClass(now time.Time) string {
-	left := c.NotAfter.Sub(now)
-	switch {
-	case left <= 0:
-		return "expired"
-	case left < expiryCritical:
-		return "critical"
-	case left < expiryWarning:
-		return "warning"
-	}
-	return "ok"
+	Expiry   string    `json:"expiry"` // ok, warning, critical or expired (tls.expiry_warning)
 }
 
 // loadCertInfo reads every certificate of the configuration's PEM files
@@ -75,10 +55,7 @@ func loadCertInfo(cfg config.Config) ([]certInfo, error) {
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", f.file, err)
 			}
-			out = append(out, certInfo{
-				Role: f.role, File: f.file, Subject: c.Subject.String(), Issuer: c.Issuer.String(),
-				Serial: fmt.Sprintf("%x", c.SerialNumber), NotAfter: c.NotAfter,
-			})
+			out = append(out, certOf(f.role, f.file, c))
 		}
 	}
 	return out, nil

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/x509"
 	"net"
 	"runtime"
 	"sync/atomic"
@@ -77,6 +78,8 @@ type stats struct {
 
 	handshake prometheus.Histogram
 	batch     prometheus.Histogram
+
+	upstreamPeer func(*x509.Certificate) // the certificate Redis presented on a TLS dial
 }
 
 func newStats() *stats {
@@ -106,6 +109,11 @@ func (st *stats) hooks() *upstream.Hooks {
 			}
 		},
 		Batch: func(d time.Duration) { st.batch.Observe(d.Seconds()) },
+		PeerCertificate: func(c *x509.Certificate) {
+			if st.upstreamPeer != nil {
+				st.upstreamPeer(c)
+			}
+		},
 	}
 }
 
@@ -148,28 +156,31 @@ func desc(name, help string, labels ...string) *prometheus.Desc {
 }
 
 var (
-	descBuild       = desc("tlsproxy_build_info", "The running build: 1, labelled with its version and Go version.", "version", "goversion")
-	descClients     = desc("tlsproxy_client_connections", "Client connections open now (TLS handshake done).")
-	descClientLimit = desc("tlsproxy_client_connections_limit", "limits.max_clients.")
-	descClientTotal = desc("tlsproxy_client_connections_total", "Client connections that completed the TLS handshake.")
-	descHandshake   = desc("tlsproxy_handshake_failures_total", "TLS handshakes refused or abandoned, by reason.", "reason")
-	descCommands    = desc("tlsproxy_commands_total", "Commands received from clients, by command (\"other\": unknown to the command table).", "command")
-	descCmdErrors   = desc("tlsproxy_command_errors_total", "Error replies Redis sent to clients' commands, by command.", "command")
-	descUpConns     = desc("tlsproxy_upstream_connections", "Connections to Redis: shared (multiplexed), pinned (leased to a session), idle.", "kind")
-	descDials       = desc("tlsproxy_upstream_dials_total", "Connections to Redis attempted, by result.", "result")
-	descUp          = desc("tlsproxy_upstream_up", "1 when Redis answered the proxy's last PING in time, else 0.")
-	descPinned      = desc("tlsproxy_pinned_sessions", "Sessions holding a dedicated connection, by reason.", "reason")
-	descBytes       = desc("tlsproxy_bytes_total", "Bytes on client connections, TLS included: received from clients, sent to clients.", "direction")
-	descDisconnects = desc("tlsproxy_client_disconnects_total", "Clients the proxy disconnected, by reason.", "reason")
-	descRepl        = desc("tlsproxy_replication_streams_total", "Replication streams (SYNC/PSYNC accepted by Redis) carried.")
-	descReloads     = desc("tlsproxy_config_reloads_total", "Reloads of the certificates, keys, CA bundles and password file, by result.", "result")
-	descReloadTime  = desc("tlsproxy_config_last_reload_success_timestamp_seconds", "When the material in use was loaded (start or the last successful reload), Unix time.")
+	descBuild        = desc("tlsproxy_build_info", "The running build: 1, labelled with its version and Go version.", "version", "goversion")
+	descClients      = desc("tlsproxy_client_connections", "Client connections open now (TLS handshake done).")
+	descClientLimit  = desc("tlsproxy_client_connections_limit", "limits.max_clients.")
+	descClientTotal  = desc("tlsproxy_client_connections_total", "Client connections that completed the TLS handshake.")
+	descHandshake    = desc("tlsproxy_handshake_failures_total", "TLS handshakes refused or abandoned, by reason.", "reason")
+	descCommands     = desc("tlsproxy_commands_total", "Commands received from clients, by command (\"other\": unknown to the command table).", "command")
+	descCmdErrors    = desc("tlsproxy_command_errors_total", "Error replies Redis sent to clients' commands, by command.", "command")
+	descUpConns      = desc("tlsproxy_upstream_connections", "Connections to Redis: shared (multiplexed), pinned (leased to a session), idle.", "kind")
+	descDials        = desc("tlsproxy_upstream_dials_total", "Connections to Redis attempted, by result.", "result")
+	descUp           = desc("tlsproxy_upstream_up", "1 when Redis answered the proxy's last PING in time, else 0.")
+	descPinned       = desc("tlsproxy_pinned_sessions", "Sessions holding a dedicated connection, by reason.", "reason")
+	descBytes        = desc("tlsproxy_bytes_total", "Bytes on client connections, TLS included: received from clients, sent to clients.", "direction")
+	descDisconnects  = desc("tlsproxy_client_disconnects_total", "Clients the proxy disconnected, by reason.", "reason")
+	descRepl         = desc("tlsproxy_replication_streams_total", "Replication streams (SYNC/PSYNC accepted by Redis) carried.")
+	descReloads      = desc("tlsproxy_config_reloads_total", "Reloads of the certificates, keys, CA bundles and password file, by result.", "result")
+	descCertNotAfter = desc("tlsproxy_certificate_not_after_timestamp_seconds", "Expiry of each certificate the proxy uses (and of the one Redis presents), Unix time.", "role", "subject", "serial")
+	descClientCert   = desc("tlsproxy_client_certificate_not_after_timestamp_seconds", "Per client identity, the earliest expiry among the certificates it presented in the last 24 hours, Unix time (the 500 earliest identities).", "identity")
+	descExpiring     = desc("tlsproxy_certificate_expiring", "Certificates the proxy uses that are inside tls.expiry_warning or expired.")
+	descReloadTime   = desc("tlsproxy_config_last_reload_success_timestamp_seconds", "When the material in use was loaded (start or the last successful reload), Unix time.")
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuild, descClients, descClientLimit, descClientTotal, descHandshake,
 		descCommands, descCmdErrors, descUpConns, descDials, descUp, descPinned, descBytes, descDisconnects, descRepl,
-		descReloads, descReloadTime} {
+		descReloads, descReloadTime, descCertNotAfter, descClientCert, descExpiring} {
 		ch <- d
 	}
 }
@@ -236,4 +247,15 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descReloads, st.reloads[0].Load(), "success")
 	counter(descReloads, st.reloads[1].Load(), "failure")
 	gauge(descReloadTime, float64(s.loadedAt.Load().UnixNano())/1e9)
+	now, expiring := time.Now(), 0
+	for _, c := range s.allCerts() {
+		gauge(descCertNotAfter, float64(c.NotAfter.Unix()), c.Role, c.Subject, c.Serial)
+		if expiryClass(c.NotAfter, now, s.expiryWarning()) != "ok" {
+			expiring++
+		}
+	}
+	gauge(descExpiring, float64(expiring))
+	for _, c := range s.clientCerts.earliest(maxClientMetrics, now) {
+		gauge(descClientCert, float64(c.notAfter.Unix()), c.id)
+	}
 }

@@ -26,16 +26,18 @@ type material struct {
 	password string
 	certs    []certInfo
 	limits   config.Limits
+	policy   config.TLS
 }
 
 func (s *Server) swap(m material) {
 	now := time.Now()
 	s.serverTLS.Store(m.server)
-	if s.adminTLS.Load() != nil || m.admin == nil {
-		s.adminTLS.Store(m.admin) // turning HTTPS on needs a restart
+	if s.adminTLS.Load() != nil && m.admin != nil {
+		s.adminTLS.Store(m.admin) // turning HTTPS on or off needs a restart
 	}
 	s.certs.Store(&m.certs)
 	s.limits.Store(&m.limits)
+	s.tlsPolicy.Store(&m.policy)
 	s.loadedAt.Store(&now)
 }
 
@@ -92,7 +94,7 @@ func (s *Server) Reload(cfg config.Config) error {
 	if m.certs, err = loadCertInfo(cfg); err != nil {
 		return err
 	}
-	m.password, m.limits = target.Password, cfg.Limits
+	m.password, m.limits, m.policy = target.Password, cfg.Limits, cfg.TLS
 
 	var restart []string
 	for _, k := range config.Changed(s.cfg, cfg) {
@@ -109,5 +111,6 @@ func (s *Server) Reload(cfg config.Config) error {
 		p.SetTLS(m.upstream)
 		return false
 	})
+	s.logExpiry(time.Now(), s.allCerts())
 	return nil
 }

@@ -28,19 +28,23 @@ type Server struct {
 	adminTLS  atomic.Pointer[tls.Config] // nil: the admin endpoint speaks plain HTTP
 	certs     atomic.Pointer[[]certInfo]
 	limits    atomic.Pointer[config.Limits]
-	loadedAt  atomic.Pointer[time.Time] // when the material in use was loaded
-	reloadMu  sync.Mutex                // one reload at a time
-	target    config.Target
-	pool      *upstream.Pool // as the configured upstream user
-	users     sync.Map       // user name -> *upstream.Pool, made for clients' AUTH
-	ids       sync.Map       // session id -> *session (see sessionIDBase)
-	lastID    atomic.Int64
-	defaultDB int
-	rejects   *rejectLog
-	stats     *stats
-	health    upstreamHealth
-	version   string
-	started   time.Time
+	tlsPolicy atomic.Pointer[config.TLS]
+	// Expiry monitoring (expiry.go).
+	upstreamCert atomic.Pointer[certInfo] // the certificate Redis presented last
+	clientCerts  *clientCerts
+	loadedAt     atomic.Pointer[time.Time] // when the material in use was loaded
+	reloadMu     sync.Mutex                // one reload at a time
+	target       config.Target
+	pool         *upstream.Pool // as the configured upstream user
+	users        sync.Map       // user name -> *upstream.Pool, made for clients' AUTH
+	ids          sync.Map       // session id -> *session (see sessionIDBase)
+	lastID       atomic.Int64
+	defaultDB    int
+	rejects      *rejectLog
+	stats        *stats
+	health       upstreamHealth
+	version      string
+	started      time.Time
 
 	listening  atomic.Bool
 	listenAddr atomic.Pointer[string]
@@ -118,7 +122,10 @@ func New(cfg config.Config, log zerolog.Logger) (*Server, error) {
 		listenOK:  make(chan struct{}),
 		conns:     make(map[*clientConn]struct{}),
 	}
-	s.swap(material{server: tc, admin: adminTLS, certs: certs, limits: cfg.Limits})
+	s.adminTLS.Store(adminTLS)
+	s.clientCerts = newClientCerts()
+	st.upstreamPeer = s.noteUpstreamCert
+	s.swap(material{server: tc, admin: adminTLS, certs: certs, limits: cfg.Limits, policy: cfg.TLS})
 	return s, nil
 }
 
@@ -173,6 +180,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.listenAddr.Store(&addr)
 	s.listening.Store(true)
 	close(s.listenOK)
+	s.logExpiry(time.Now(), s.allCerts())
+	go s.checkExpiryDaily(ctx.Done())
 	s.pool.Start()
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
@@ -223,7 +232,15 @@ func (s *Server) handshake(ctx context.Context, cc *clientConn, full bool) {
 		s.closeConn(cc)
 		return
 	}
-	id := tlsconf.IdentityFromState(tc.ConnectionState())
+	cs := tc.ConnectionState()
+	id := tlsconf.IdentityFromState(cs)
+	if !id.IsZero() {
+		name := id.CommonName
+		if name == "" {
+			name = id.String()
+		}
+		s.noteClientCert(name, cs.PeerCertificates)
+	}
 	// The handshake grew this goroutine's stack; the session, idle for most
 	// of its life, starts on a new, small one.
 	go func() {

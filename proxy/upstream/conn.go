@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -43,6 +44,8 @@ type Hooks struct {
 	Dial func(err error)
 	// Batch: a batch on a shared connection got its replies after d.
 	Batch func(d time.Duration)
+	// PeerCertificate: Redis presented this certificate on a TLS dial.
+	PeerCertificate func(*x509.Certificate)
 }
 
 // ReplyError is an error reply Redis gave to a set-up command. Its text is
@@ -89,6 +92,11 @@ func Dial(ctx context.Context, o *Options, proto, db int) (*Conn, error) {
 		if err := tc.HandshakeContext(ctx); err != nil {
 			nc.Close()
 			return nil, fmt.Errorf("tls handshake: %w", err)
+		}
+		if h := o.Hooks; h != nil && h.PeerCertificate != nil {
+			if peer := tc.ConnectionState().PeerCertificates; len(peer) > 0 {
+				h.PeerCertificate(peer[0])
+			}
 		}
 		nc = tc
 	}
