@@ -50,22 +50,27 @@ const (
 
 // metricKinds lists every metric tlsproxy exposes on /metrics.
 var metricKinds = map[string]string{
-	"tlsproxy_build_info":                 "gauge",
-	"tlsproxy_client_connections":         "gauge",
-	"tlsproxy_client_connections_limit":   "gauge",
-	"tlsproxy_client_connections_total":   "counter",
-	"tlsproxy_handshake_failures_total":   "counter",
-	"tlsproxy_handshake_duration_seconds": "histogram",
-	"tlsproxy_commands_total":             "counter",
-	"tlsproxy_command_errors_total":       "counter",
-	"tlsproxy_batch_duration_seconds":     "histogram",
-	"tlsproxy_upstream_connections":       "gauge",
-	"tlsproxy_upstream_dials_total":       "counter",
-	"tlsproxy_upstream_up":                "gauge",
-	"tlsproxy_pinned_sessions":            "gauge",
-	"tlsproxy_bytes_total":                "counter",
-	"tlsproxy_client_disconnects_total":   "counter",
-	"tlsproxy_replication_streams_total":  "counter",
+	"tlsproxy_build_info":                                     "gauge",
+	"tlsproxy_client_connections":                             "gauge",
+	"tlsproxy_client_connections_limit":                       "gauge",
+	"tlsproxy_client_connections_total":                       "counter",
+	"tlsproxy_handshake_failures_total":                       "counter",
+	"tlsproxy_handshake_duration_seconds":                     "histogram",
+	"tlsproxy_commands_total":                                 "counter",
+	"tlsproxy_command_errors_total":                           "counter",
+	"tlsproxy_batch_duration_seconds":                         "histogram",
+	"tlsproxy_upstream_connections":                           "gauge",
+	"tlsproxy_upstream_dials_total":                           "counter",
+	"tlsproxy_upstream_up":                                    "gauge",
+	"tlsproxy_pinned_sessions":                                "gauge",
+	"tlsproxy_bytes_total":                                    "counter",
+	"tlsproxy_client_disconnects_total":                       "counter",
+	"tlsproxy_replication_streams_total":                      "counter",
+	"tlsproxy_config_reloads_total":                           "counter",
+	"tlsproxy_config_last_reload_success_timestamp_seconds":   "gauge",
+	"tlsproxy_certificate_not_after_timestamp_seconds":        "gauge",
+	"tlsproxy_client_certificate_not_after_timestamp_seconds": "gauge",
+	"tlsproxy_certificate_expiring":                           "gauge",
 }
 
 var metricToken = regexp.MustCompile(`tlsproxy_[a-z_]+`)
@@ -235,10 +240,15 @@ type ruleTests struct {
 
 // wantAlerts are the alerts alerts.yml must define, with their severity and "for:".
 var wantAlerts = map[string]struct{ severity, forDuration string }{
-	"TlsproxyDown":                 {"critical", "1m"},
-	"TlsproxyUpstreamDown":         {"critical", "1m"},
-	"TlsproxyHandshakeFailureRate": {"warning", "10m"},
-	"TlsproxyClientsNearLimit":     {"warning", "5m"},
+	"TlsproxyDown":                          {"critical", "1m"},
+	"TlsproxyUpstreamDown":                  {"critical", "1m"},
+	"TlsproxyHandshakeFailureRate":          {"warning", "10m"},
+	"TlsproxyClientsNearLimit":              {"warning", "5m"},
+	"TlsproxyCertificateRotationDue":        {"warning", "1h"},
+	"TlsproxyCertificateExpiringCritical":   {"critical", "10m"},
+	"TlsproxyCertificateExpired":            {"critical", "1m"},
+	"TlsproxyClientCertificateExpiringSoon": {"warning", "1h"},
+	"TlsproxyReloadFailing":                 {"warning", "0m"},
 }
 
 // TestPromtool runs `promtool check rules` on alerts.yml and `promtool test
