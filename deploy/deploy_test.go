@@ -14,7 +14,7 @@ package deploy
 //     that agree with the config and the Dockerfile, and `tlsproxy check` on
 //     the config.
 //
-// A missing promtool skips its checks, unless CI or TLSPROXY_REQUIRE_TOOLS is
+// A missing promtool skips its checks, unless CI or REQUIRE_TEST_TOOLS is
 // set: then it is a failure (`make deps` installs Debian's prometheus package,
 // which has promtool). A missing systemd-analyze always skips.
 
@@ -112,15 +112,15 @@ func sortedKeys[V any](m map[string]V) []string {
 }
 
 // requireTool returns the path of an external tool. When it is missing the
-// test is skipped, or fails when CI or TLSPROXY_REQUIRE_TOOLS is set.
+// test is skipped, or fails when CI or REQUIRE_TEST_TOOLS is set.
 func requireTool(t *testing.T, name, pkg string) string {
 	t.Helper()
 	path, err := exec.LookPath(name)
 	if err == nil {
 		return path
 	}
-	if os.Getenv("CI") != "" || os.Getenv("TLSPROXY_REQUIRE_TOOLS") != "" {
-		t.Fatalf("%s not found on PATH and CI or TLSPROXY_REQUIRE_TOOLS is set: install Debian's %s package (make deps does)", name, pkg)
+	if os.Getenv("CI") != "" || os.Getenv("REQUIRE_TEST_TOOLS") != "" {
+		t.Fatalf("%s not found on PATH and CI or REQUIRE_TEST_TOOLS is set: install Debian's %s package (make deps does)", name, pkg)
 	}
 	t.Skipf("%s not found on PATH: install Debian's %s package (make deps does) to run this check", name, pkg)
 	return ""

@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/rs/zerolog"
 	"github.com/tlsproxy/tlsproxy/proxy/config"
 )
 
@@ -59,4 +60,23 @@ func loadCertInfo(cfg config.Config) ([]certInfo, error) {
 		}
 	}
 	return out, nil
+}
+
+// warnOpenSecrets warns about key and password files that group or others
+// may read.
+func warnOpenSecrets(cfg config.Config, log zerolog.Logger) {
+	for _, f := range []struct{ key, file string }{
+		{"listen.tls.key_file", cfg.Listen.TLS.KeyFile},
+		{"upstream.tls.key_file", cfg.Upstream.TLS.KeyFile},
+		{"upstream.password_file", cfg.Upstream.PasswordFile},
+		{"admin.tls.key_file", cfg.Admin.TLS.KeyFile},
+	} {
+		if f.file == "" {
+			continue
+		}
+		if fi, err := os.Stat(f.file); err == nil && fi.Mode().Perm()&0o077 != 0 {
+			log.Warn().Str("key", f.key).Str("file", f.file).Str("mode", fmt.Sprintf("%04o", fi.Mode().Perm())).
+				Msg("WARNING: a secret file is readable by group or others: chmod 600 it (or 640 for a group the proxy runs in)")
+		}
+	}
 }

@@ -177,3 +177,21 @@ func TestExpiryOfRedisCertificate(t *testing.T) {
 		t.Fatalf("/status: %s", status)
 	}
 }
+
+// TestOpenSecretWarning: a key file readable by others gets a start-up
+// warning naming the key and the mode; a 0600 one does not.
+func TestOpenSecretWarning(t *testing.T) {
+	p := newPKI(t)
+	if err := os.Chmod(p.keyFile, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rs := testredis.Start(t, testredis.Options{})
+	e := startProxy(t, p, "redis://"+rs.Addr, nil)
+	lines, raw := safetyLogLines(t, e, "WARNING: a secret file is readable by group or others")
+	if len(lines) != 1 || lines[0]["key"] != "listen.tls.key_file" || lines[0]["mode"] != "0644" {
+		t.Fatalf("warnings: %q", raw)
+	}
+	if e2 := startPlain(t, nil); contains(e2.logs.String(), "secret file is readable") {
+		t.Fatal("a 0600 key file was warned about")
+	}
+}

@@ -120,7 +120,7 @@ func startProxy(t testing.TB, p *pki, upstreamURL string, edit func(*config.Conf
 		t.Fatalf("proxy.New: %v", err)
 	}
 	t.Cleanup(func() {
-		if t.Failed() && os.Getenv("TLSPROXY_TEST_LOG") != "" {
+		if t.Failed() && os.Getenv("PROXY_TEST_LOG") != "" {
 			t.Logf("proxy log:\n%s", e.logs.String())
 		}
 		stop()

@@ -161,3 +161,23 @@ func TestReloadUpstreamCredentialsForNewDials(t *testing.T) {
 		return got[0] == "$1\r\n1\r\n"
 	})
 }
+
+// TestCBCRefusedByDefault: a TLS 1.2 client offering only a CBC suite (Go's
+// own TLS 1.2 defaults would take it) is refused; ECDHE with AES-GCM works.
+func TestCBCRefusedByDefault(t *testing.T) {
+	e := startPlain(t, nil)
+	for _, tc := range []struct {
+		suite uint16
+		ok    bool
+	}{{tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA, false}, {tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, true}} {
+		cfg := e.pki.clientTLS()
+		cfg.MaxVersion, cfg.CipherSuites = tls.VersionTLS12, []uint16{tc.suite}
+		c, err := tls.Dial("tcp", e.addr, cfg)
+		if err == nil {
+			c.Close()
+		}
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: handshake error %v, want success %v", tls.CipherSuiteName(tc.suite), err, tc.ok)
+		}
+	}
+}

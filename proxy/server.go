@@ -80,6 +80,7 @@ func New(cfg config.Config, log zerolog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	warnOpenSecrets(cfg, log)
 	opts := upstream.Options{
 		Network:      target.Network,
 		Address:      target.Address,

@@ -141,12 +141,12 @@ func TestStatusPage(t *testing.T) {
 }
 
 // spNeedChromium returns Chromium's path, or skips the test when it is
-// missing, unless CI or TLSPROXY_REQUIRE_TOOLS is set (then it fails).
+// missing, unless CI or REQUIRE_TEST_TOOLS is set (then it fails).
 func spNeedChromium(t *testing.T) string {
 	const bin = "/usr/bin/chromium"
 	if _, err := os.Stat(bin); err != nil {
-		if os.Getenv("CI") != "" || os.Getenv("TLSPROXY_REQUIRE_TOOLS") != "" {
-			t.Fatalf("%s missing and CI or TLSPROXY_REQUIRE_TOOLS is set: install Debian's chromium package (make deps does): %v", bin, err)
+		if os.Getenv("CI") != "" || os.Getenv("REQUIRE_TEST_TOOLS") != "" {
+			t.Fatalf("%s missing and CI or REQUIRE_TEST_TOOLS is set: install Debian's chromium package (make deps does): %v", bin, err)
 		}
 		t.Skipf("%s missing (install Debian's chromium package, or run make deps): %v", bin, err)
 	}

@@ -22,8 +22,9 @@ type reloader struct {
 	srv  *proxy.Server
 	log  zerolog.Logger
 
-	sums map[string][32]byte // the files' contents at the last successful load
-	cfg  config.Config
+	sums   map[string][32]byte // the files' contents at the last successful load
+	failed map[string][32]byte // and at the last failed one, not tried again
+	cfg    config.Config
 }
 
 // reloadDebounce is how long a burst of file events settles before the
@@ -62,18 +63,23 @@ func (r *reloader) checksums(cfg config.Config) map[string][32]byte {
 	return m
 }
 
-// changed reports whether a file differs from its last loaded contents.
+// changed reports whether the files differ from what was last loaded, and
+// from what last failed to load.
 func (r *reloader) changed() bool {
 	now := r.checksums(r.cfg)
-	if len(now) != len(r.sums) {
-		return true
+	return !sameSums(now, r.sums) && !sameSums(now, r.failed)
+}
+
+func sameSums(a, b map[string][32]byte) bool {
+	if len(a) != len(b) {
+		return false
 	}
-	for f, sum := range now {
-		if r.sums[f] != sum {
-			return true
+	for f, sum := range a {
+		if b[f] != sum {
+			return false
 		}
 	}
-	return false
+	return true
 }
 
 // reload loads the configuration and applies it; retries > 0 tries again
@@ -90,6 +96,7 @@ func (r *reloader) reload(why string, retries int) {
 			}
 		}
 		if attempt >= retries {
+			r.failed = r.checksums(r.cfg)
 			break
 		}
 		time.Sleep(reloadDebounce)
@@ -150,12 +157,25 @@ func (r *reloader) run(ctx context.Context, hup <-chan os.Signal) {
 	}
 }
 
-// watch adds the directories of the files a reload reads.
+// watch adds the directories of the files a reload reads, and the parent of
+// every symlink on their paths: swapping a symlinked directory
+// (dir/current -> v2) changes dir, not the directory current pointed to.
 func (r *reloader) watch(w *fsnotify.Watcher) {
 	for _, f := range r.files(r.cfg) {
-		dir := filepath.Dir(f)
-		if err := w.Add(dir); err != nil {
-			r.log.Warn().Err(err).Str("directory", dir).Msg("cannot watch for certificate changes")
+		for _, dir := range watchDirs(f) {
+			if err := w.Add(dir); err != nil {
+				r.log.Warn().Err(err).Str("directory", dir).Msg("cannot watch for certificate changes")
+			}
 		}
 	}
+}
+
+func watchDirs(file string) []string {
+	dirs := []string{filepath.Dir(file)}
+	for p := filepath.Dir(file); filepath.Dir(p) != p; p = filepath.Dir(p) {
+		if fi, err := os.Lstat(p); err == nil && fi.Mode()&os.ModeSymlink != 0 {
+			dirs = append(dirs, filepath.Dir(p))
+		}
+	}
+	return dirs
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"os"
 	"reflect"
 	"slices"
 	"sort"
@@ -95,6 +96,17 @@ type ListenTLS struct {
 	ClientAuth string `mapstructure:"client_auth"`
 	// MinVersion is the lowest TLS version accepted: "1.2" or "1.3".
 	MinVersion string `mapstructure:"min_version"`
+	// CipherSuites are the TLS 1.2 suites accepted, by Go's names (TLS 1.3's
+	// are fixed and all AEAD). The default is ECDHE key exchange with AEAD
+	// ciphers only: Go's own TLS 1.2 defaults still accept CBC-SHA1 suites.
+	CipherSuites []string `mapstructure:"cipher_suites"`
+}
+
+// DefaultCipherSuites: ECDHE key exchange (forward secrecy) and AEAD ciphers.
+var DefaultCipherSuites = []string{
+	"TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+	"TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+	"TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256", "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
 }
 
 // Upstream is the Redis the proxy forwards to.
@@ -160,7 +172,7 @@ func Default() Config {
 			Address:          "127.0.0.1:6380",
 			HandshakeTimeout: 5 * time.Second,
 			MaxRequestBytes:  512 << 20,
-			TLS:              ListenTLS{ClientAuth: "require", MinVersion: "1.2"},
+			TLS:              ListenTLS{ClientAuth: "require", MinVersion: "1.2", CipherSuites: DefaultCipherSuites},
 		},
 		Upstream: Upstream{
 			URL:          "redis://127.0.0.1:6379",
@@ -202,6 +214,12 @@ func Load(path string) (Config, error) {
 		if err := checkKeys(v.AllKeys()); err != nil {
 			return Config{}, fmt.Errorf("config file %q: %w", path, err)
 		}
+		if err := checkDurations(v.Get); err != nil {
+			return Config{}, fmt.Errorf("config file %q: %w", path, err)
+		}
+	}
+	if err := checkEnv(os.Environ()); err != nil {
+		return Config{}, err
 	}
 
 	var c Config
@@ -212,6 +230,62 @@ func Load(path string) (Config, error) {
 		return Config{}, err
 	}
 	return c, nil
+}
+
+// checkDurations refuses a duration written as a bare number: YAML's
+// `read_timeout: 10` would be 10 nanoseconds (the environment form is
+// refused by the decoder already).
+func checkDurations(get func(string) any) error {
+	var errs []error
+	for _, s := range settings(Default()) {
+		if _, ok := s.value.(time.Duration); !ok {
+			continue
+		}
+		switch n := get(s.key).(type) {
+		case int, int64, uint64, float64:
+			if fmt.Sprint(n) != "0" {
+				errs = append(errs, fmt.Errorf("%s: %v is a number without a unit: write a duration such as %vs or %vms", s.key, n, n, n))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// checkEnv refuses a TLSPROXY_* variable that names no key, as a misspelt
+// key in the file is refused. (The tests' own switches are named otherwise:
+// REQUIRE_TEST_TOOLS, PROXY_TEST_LOG.)
+func checkEnv(environ []string) error {
+	known := map[string]bool{}
+	for _, k := range Keys() {
+		known[EnvVar(k)] = true
+	}
+	var errs []error
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, EnvPrefix+"_") || known[name] {
+			continue
+		}
+		msg := fmt.Sprintf("environment variable %s names no config key", name)
+		key := strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(name, EnvPrefix+"_"), "_", "."))
+		if k := closestEnvKey(name); k != "" {
+			msg += fmt.Sprintf(" (did you mean %s?)", EnvVar(k))
+		} else if k := closestKey(key); k != "" {
+			msg += fmt.Sprintf(" (did you mean %s?)", EnvVar(k))
+		}
+		errs = append(errs, errors.New(msg))
+	}
+	sort.Slice(errs, func(i, j int) bool { return errs[i].Error() < errs[j].Error() })
+	return errors.Join(errs...)
+}
+
+func closestEnvKey(name string) string {
+	best, bestDist := "", 3
+	for _, k := range Keys() {
+		if d := editDistance(name, EnvVar(k)); d < bestDist {
+			best, bestDist = k, d
+		}
+	}
+	return best
 }
 
 // checkKeys reports every key that is not a known setting. Defaults cover all known
@@ -376,6 +450,14 @@ func (c Config) Validate() error {
 	}
 	oneOf("listen.tls.client_auth", l.TLS.ClientAuth, ClientAuthModes)
 	oneOf("listen.tls.min_version", l.TLS.MinVersion, TLSVersions)
+	if len(l.TLS.CipherSuites) == 0 {
+		add("listen.tls.cipher_suites", "must name at least one TLS 1.2 suite")
+	}
+	for _, name := range l.TLS.CipherSuites {
+		if err := checkCipherSuite(name); err != nil {
+			add("listen.tls.cipher_suites", "%v", err)
+		}
+	}
 	required := func(key, value, what string) {
 		if value == "" {
 			add(key, "is required (in the config file or %s): %s", EnvVar(key), what)

@@ -53,8 +53,8 @@ func TestDefault(t *testing.T) {
 	if err := valid().Validate(); err != nil {
 		t.Errorf("defaults plus cert paths should validate: %v", err)
 	}
-	if len(Keys()) != 33 {
-		t.Errorf("Keys() = %d keys, want 33: %v", len(Keys()), Keys())
+	if len(Keys()) != 34 {
+		t.Errorf("Keys() = %d keys, want 34: %v", len(Keys()), Keys())
 	}
 	if got := EnvVar("listen.tls.cert_file"); got != "TLSPROXY_LISTEN_TLS_CERT_FILE" {
 		t.Errorf("EnvVar = %q", got)
@@ -93,7 +93,7 @@ log:
 	want.Listen.HandshakeTimeout = 2 * time.Second
 	want.Listen.MaxRequestBytes = 1 << 20
 	want.Listen.TLS = ListenTLS{CertFile: "/etc/tlsproxy/server.crt", KeyFile: "/etc/tlsproxy/server.key",
-		ClientCAFile: "/etc/tlsproxy/ca.crt", ClientAuth: "verify-if-given", MinVersion: "1.3"}
+		ClientCAFile: "/etc/tlsproxy/ca.crt", ClientAuth: "verify-if-given", MinVersion: "1.3", CipherSuites: DefaultCipherSuites}
 	want.Upstream.URL = "unix:///tmp/redis.sock?db=1"
 	want.Upstream.ReadTimeout = time.Minute
 	want.Upstream.Pool.MaxSize = 4
@@ -406,5 +406,63 @@ func TestChanged(t *testing.T) {
 	b.Listen.TLS.CertFile, b.Limits.MaxClients, b.Upstream.Pool.MaxSize = "other.crt", 5, 9
 	if got := strings.Join(Changed(a, b), " "); got != "listen.tls.cert_file upstream.pool.max_size limits.max_clients" {
 		t.Fatalf("Changed = %s", got)
+	}
+}
+
+// TestBareNumberDuration: `read_timeout: 10` would be 10ns: refused, naming
+// the key; 0 (no limit) and durations with units are fine.
+func TestBareNumberDuration(t *testing.T) {
+	clearEnv(t)
+	dir := t.TempDir()
+	for _, tc := range []struct{ yaml, want string }{
+		{"upstream:\n  read_timeout: 10\n", "upstream.read_timeout: 10 is a number without a unit"},
+		{"shutdown_timeout: 1.5\n", "shutdown_timeout: 1.5 is a number without a unit"},
+		{"upstream:\n  read_timeout: 0\n", ""},
+		{"upstream:\n  read_timeout: 10s\n", ""},
+	} {
+		path := filepath.Join(dir, "c.yaml")
+		if err := os.WriteFile(path, []byte(tc.yaml+"listen:\n  tls:\n    cert_file: a\n    key_file: b\n    client_ca_file: c\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := Load(path)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%q: %v", tc.yaml, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%q: %v, want %q", tc.yaml, err, tc.want)
+		}
+	}
+}
+
+// TestMisspeltEnvironmentVariable: a TLSPROXY_* variable that names no key
+// is an error, with a suggestion, like a misspelt key in the file.
+func TestMisspeltEnvironmentVariable(t *testing.T) {
+	err := checkEnv([]string{"TLSPROXY_UPSTREAM_URL=redis://x", "TLSPROXY_UPSTREM_URL=redis://y", "PATH=/bin"})
+	if err == nil || !strings.Contains(err.Error(), "TLSPROXY_UPSTREM_URL names no config key (did you mean TLSPROXY_UPSTREAM_URL?)") {
+		t.Fatalf("checkEnv = %v", err)
+	}
+	if err := checkEnv([]string{"TLSPROXY_LOG_LEVEL=debug"}); err != nil {
+		t.Fatalf("a known variable: %v", err)
+	}
+}
+
+func TestCipherSuites(t *testing.T) {
+	for _, tc := range []struct {
+		suites []string
+		want   string
+	}{
+		{DefaultCipherSuites, ""},
+		{[]string{"TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA"}, ""}, // secure in Go's list, allowed when chosen
+		{[]string{"TLS_RSA_WITH_RC4_128_SHA"}, "is insecure"},
+		{[]string{"TLS_AES_128_GCM_SHA256"}, "is a TLS 1.3 suite"},
+		{[]string{"TLS_NOPE"}, "is not a TLS 1.2 cipher suite"},
+		{nil, "must name at least one"},
+	} {
+		c := valid()
+		c.Listen.TLS.CipherSuites = tc.suites
+		err := c.Validate()
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("%v: %v, want %q", tc.suites, err, tc.want)
+		}
 	}
 }

@@ -39,11 +39,20 @@ func ServerConfig(c config.ListenTLS) (*tls.Config, error) {
 	case auth != tls.NoClientCert:
 		return nil, fmt.Errorf("listen.tls.client_ca_file: is required when listen.tls.client_auth is %q", c.ClientAuth)
 	}
+	var suites []uint16
+	for _, name := range c.CipherSuites {
+		id, ok := config.CipherSuiteID(name)
+		if !ok {
+			return nil, fmt.Errorf("listen.tls.cipher_suites: %q is not a secure TLS 1.2 cipher suite", name)
+		}
+		suites = append(suites, id)
+	}
 	return &tls.Config{
 		GetCertificate: kp.getCertificate,
 		ClientAuth:     auth,
 		ClientCAs:      clientCAs,
 		MinVersion:     minVersion,
+		CipherSuites:   suites,
 	}, nil
 }
 
