@@ -464,9 +464,15 @@ func (f *e2eFixture) testRedaction(t *testing.T) {
 
 	t.Run("check", func(t *testing.T) {
 		cfg := f.writeConfigFull(t, e2eFreeAddr(t), f.cert("server.crt"), f.cert("server.key"), "", withPW, "")
-		r := e2eRun(t, f.bin, nil, "check", "--config", cfg)
+		r := e2eRun(t, f.bin, nil, "check", "--config", cfg, "--offline")
 		if r.code != 0 || strings.Contains(r.stdout+r.stderr, secret) {
-			t.Errorf("check with a password in upstream.url: want exit 0 without the password: %s", r)
+			t.Errorf("check --offline with a password in upstream.url: want exit 0 without the password: %s", r)
+		}
+		// Online, the unreachable Redis is a FAIL, whose reason must not show
+		// the password either.
+		r = e2eRun(t, f.bin, nil, "check", "--config", cfg)
+		if r.code != 1 || !strings.Contains(r.stdout, "FAIL") || strings.Contains(r.stdout+r.stderr, secret) {
+			t.Errorf("check with an unreachable Redis: want exit 1 with a FAIL line and no password: %s", r)
 		}
 		// A password in both the URL and password_file is refused, still without showing it.
 		cfg = f.writeConfigFull(t, e2eFreeAddr(t), f.cert("server.crt"), f.cert("server.key"), "", withPW, f.pwFile)

@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/tlsproxy/tlsproxy/proxy"
+	"github.com/tlsproxy/tlsproxy/proxy/checklist"
 	"github.com/tlsproxy/tlsproxy/proxy/config"
 	"github.com/tlsproxy/tlsproxy/proxy/tlsconf"
 )
@@ -30,7 +32,8 @@ const usageText = `tlsproxy: a RESP-aware mutual-TLS proxy in front of Redis.
 
 Usage:
   tlsproxy [run] [--config FILE]            serve until SIGINT/SIGTERM (the default command)
-  tlsproxy check [--config FILE]            validate the config and load the certificates, then exit
+  tlsproxy check [--config FILE] [--json] [--offline]
+                                            validate the config, then run the production checklist
   tlsproxy health [--config FILE]           GET the admin endpoint's /healthz; exit 0 when healthy
   tlsproxy certs dev [--out DIR] [--force]  write a development CA, server and client certificate
   tlsproxy version                          print the version
@@ -174,8 +177,15 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 }
 
 func checkCmd(args []string, stdout, stderr io.Writer) int {
-	cmd := newCommand("check", "tlsproxy check [--config FILE]\n\nValidates the config, loads every certificate and key and reads upstream.password_file,\nwithout opening any connection. Exits 0 when tlsproxy run would start.")
+	cmd := newCommand("check", "tlsproxy check [--config FILE] [--json] [--offline]\n\n"+
+		"Validates the config and loads every certificate and key (exit 1 when tlsproxy run would\n"+
+		"not start), then runs the production checklist: client authentication, TLS version, cipher\n"+
+		"suites, server certificate, client CA bundle, upstream link, Redis reachable, Redis exposure,\n"+
+		"secret file modes and admin endpoint. Prints one line per item, PASS, WARN, FAIL or SKIP\n"+
+		"with the reason, and exits 1 when any item FAILs, 0 otherwise.")
 	path := configFlag(cmd.fs)
+	asJSON := cmd.fs.Bool("json", false, "print the checklist as a JSON array of {item, status, reason}")
+	offline := cmd.fs.Bool("offline", false, "skip the items that connect to Redis (reported as SKIP)")
 	if ok, code := cmd.parse(args, stdout, stderr); !ok {
 		return code
 	}
@@ -187,10 +197,35 @@ func checkCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "tlsproxy: %v\n", err)
 		return 1
 	}
+	results := checklist.Run(context.Background(), cfg, checklist.Options{Offline: *offline})
+	failed := checklist.Failed(results)
+	code := 0
+	if failed {
+		code = 1
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(results); err != nil {
+			fmt.Fprintf(stderr, "tlsproxy: %v\n", err)
+			return 1
+		}
+		return code
+	}
+	counts := map[string]int{}
+	for _, r := range results {
+		counts[r.Status]++
+		fmt.Fprintf(stdout, "%s  %s: %s\n", strings.ToUpper(r.Status), r.Item, r.Reason)
+	}
 	target, _ := cfg.Upstream.Target() // already checked by Load
-	fmt.Fprintf(stdout, "tlsproxy: configuration OK: listen %s (client_auth %s, TLS >= %s) -> %s\n",
-		cfg.Listen.Address, cfg.Listen.TLS.ClientAuth, cfg.Listen.TLS.MinVersion, target)
-	return 0
+	verdict := "configuration OK"
+	if failed {
+		verdict = "configuration loads, but the production checklist FAILs"
+	}
+	fmt.Fprintf(stdout, "tlsproxy: %s: listen %s (client_auth %s, TLS >= %s) -> %s; %d pass, %d warn, %d fail, %d skip\n",
+		verdict, cfg.Listen.Address, cfg.Listen.TLS.ClientAuth, cfg.Listen.TLS.MinVersion, target,
+		counts[checklist.Pass], counts[checklist.Warn], counts[checklist.Fail], counts[checklist.Skip])
+	return code
 }
 
 func certsCmd(args []string, stdout, stderr io.Writer) int {
