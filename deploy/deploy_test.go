@@ -943,27 +943,19 @@ func TestComposeConfigChecks(t *testing.T) {
 	if err := os.WriteFile(config, []byte(data), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out, err := run(t, bin, "check", "--config", config)
-	t.Logf("tlsproxy check --config %s (certificate paths rewritten):\n%s", composeConfig, out)
-	if err != nil {
-		if strings.Contains(out, "admin.address: unknown key") && !configHasAdmin(t) {
-			t.Skip("this tlsproxy has no admin section in its config yet (proxy/config declares none)")
+	// --offline: the compose network's redis host does not exist here.
+	out, err := run(t, bin, "check", "--config", config, "--offline")
+	t.Logf("tlsproxy check --config %s --offline (certificate paths rewritten):\n%s", composeConfig, out)
+	// The config loads; the checklist's one FAIL is the plain link across
+	// the compose network to Redis, which compose/README.md explains.
+	var fails []string
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, "FAIL") {
+			fails = append(fails, line)
 		}
-		t.Errorf("tlsproxy check --config %s: %v (output above)", composeConfig, err)
+	}
+	if err == nil || len(fails) != 1 || !strings.Contains(fails[0], "upstream link") || !strings.Contains(out, "configuration loads") {
+		t.Errorf("tlsproxy check --config %s: %v; want the config to load and only the upstream link to FAIL (output above)", composeConfig, err)
 	}
 }
 
-// configHasAdmin reports whether proxy/config declares an "admin" section.
-func configHasAdmin(t *testing.T) bool {
-	t.Helper()
-	files, err := filepath.Glob("../proxy/config/*.go")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range files {
-		if !strings.HasSuffix(f, "_test.go") && bytes.Contains(readFile(t, f), []byte(`mapstructure:"admin"`)) {
-			return true
-		}
-	}
-	return false
-}

@@ -34,7 +34,8 @@ func devConfig(t *testing.T) string {
 		"    cert_file: " + filepath.Join(certs, "server.crt") + "\n" +
 		"    key_file: " + filepath.Join(certs, "server.key") + "\n" +
 		"    client_ca_file: " + filepath.Join(certs, "ca.crt") + "\n" +
-		"upstream:\n  url: redis://127.0.0.1:1\n"
+		"upstream:\n  url: redis://127.0.0.1:1\n" +
+		"admin:\n  address: 127.0.0.1:0\n" // never the default port, which another proxy may hold
 	path := filepath.Join(dir, "config.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

@@ -621,7 +621,10 @@ func checkAdmin(_ context.Context, cfg config.Config, _ Options) Result {
 	case a.TLS.CertFile != "":
 		return result(Warn, "%s is not loopback and serves HTTPS without client certificates: anyone who reaches it sees /status and /metrics; set admin.tls.client_ca_file", a.Address)
 	}
-	return result(Fail, "%s is not loopback and serves plain HTTP: bind it to 127.0.0.1 or set admin.tls (with client_ca_file)", a.Address)
+	// A warning, not a failure: in a container the endpoint must listen on
+	// 0.0.0.0 and is published on the host's loopback only (deploy/compose),
+	// which the proxy cannot see.
+	return result(Warn, "%s is not loopback and serves plain HTTP: bind it to 127.0.0.1, publish it on loopback only (containers), firewall it, or set admin.tls with client_ca_file", a.Address)
 }
 
 // A minimal Redis client for PING and CONFIG GET (upstream.Conn sends only

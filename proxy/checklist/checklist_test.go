@@ -462,8 +462,8 @@ func TestAdmin(t *testing.T) {
 		{"ipv6 loopback", "[::1]:9180", "", "", Pass},
 		{"https with client CA", "0.0.0.0:9180", "a.crt", "ca.crt", Pass},
 		{"https without client CA", "10.0.0.1:9180", "a.crt", "", Warn},
-		{"plain http", "0.0.0.0:9180", "", "", Fail},
-		{"plain http empty host", ":9180", "", "", Fail},
+		{"plain http", "0.0.0.0:9180", "", "", Warn},
+		{"plain http empty host", ":9180", "", "", Warn},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := config.Default()
