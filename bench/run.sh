@@ -383,6 +383,8 @@ listen:
     client_auth: require
 upstream:
   url: "$3"
+admin:
+  address: ""  # two proxies may run at once: neither takes the default admin port
 log:
   level: warn
 EOF
