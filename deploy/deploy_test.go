@@ -958,4 +958,3 @@ func TestComposeConfigChecks(t *testing.T) {
 		t.Errorf("tlsproxy check --config %s: %v; want the config to load and only the upstream link to FAIL (output above)", composeConfig, err)
 	}
 }
-
