@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"crypto/tls"
-	"net"
 	"slices"
 	"strings"
 	"time"
@@ -18,26 +17,52 @@ import (
 // established sessions and upstream connections keep running. A reload
 // that fails changes nothing.
 
-// material is what a reload swaps.
-type material struct {
+// Settings is a configuration resolved into what the proxy uses: every
+// file read once, the TLS configurations built, the upstream password read
+// from its file. Resolve builds it, whole or not at all; New starts from
+// one and Apply swaps one in.
+type Settings struct {
+	cfg      config.Config
+	target   config.Target
 	server   *tls.Config
-	admin    *tls.Config
-	upstream *tls.Config // nil for a plain upstream
-	password string
+	admin    *tls.Config      // nil: plain HTTP
+	upstream upstream.Options // TLS nil for a plain upstream
 	certs    []certInfo
-	limits   config.Limits
-	policy   config.TLS
 }
 
-func (s *Server) swap(m material) {
-	now := time.Now()
-	s.serverTLS.Store(m.server)
-	if s.adminTLS.Load() != nil && m.admin != nil {
-		s.adminTLS.Store(m.admin) // turning HTTPS on or off needs a restart
+// Resolve checks cfg and loads everything it names; any error (naming the
+// key and the file) leaves nothing half-built.
+func Resolve(cfg config.Config) (*Settings, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
-	s.certs.Store(&m.certs)
-	s.limits.Store(&m.limits)
-	s.tlsPolicy.Store(&m.policy)
+	set := &Settings{cfg: cfg}
+	var err error
+	if set.server, err = tlsconf.ServerConfig(cfg.Listen.TLS); err != nil {
+		return nil, err
+	}
+	if set.admin, err = tlsconf.AdminConfig(cfg.Admin.TLS); err != nil {
+		return nil, err
+	}
+	if set.upstream, set.target, err = upstream.OptionsFor(cfg); err != nil { // reads upstream.password_file
+		return nil, err
+	}
+	if set.certs, err = loadCertInfo(cfg); err != nil {
+		return nil, err
+	}
+	return set, nil
+}
+
+func (s *Server) swap(set *Settings) {
+	now := time.Now()
+	s.serverTLS.Store(set.server)
+	if s.adminTLS.Load() != nil && set.admin != nil {
+		s.adminTLS.Store(set.admin) // turning HTTPS on or off needs a restart
+	}
+	s.certs.Store(&set.certs)
+	limits, policy := set.cfg.Limits, set.cfg.TLS
+	s.limits.Store(&limits)
+	s.tlsPolicy.Store(&policy)
 	s.loadedAt.Store(&now)
 }
 
@@ -46,6 +71,7 @@ func (s *Server) swap(m material) {
 // which owns the logger.)
 var reloadable = []string{
 	"listen.tls.cert_file", "listen.tls.key_file", "listen.tls.client_ca_file", "listen.tls.client_auth", "listen.tls.min_version",
+	"listen.tls.cipher_suites",
 	"upstream.password_file", "upstream.tls.ca_file", "upstream.tls.server_name", "upstream.tls.cert_file", "upstream.tls.key_file",
 	"admin.tls.cert_file", "admin.tls.key_file", "admin.tls.client_ca_file",
 	"limits.max_clients", "limits.idle_timeout", "limits.client_output_buffer",
@@ -64,40 +90,25 @@ func (s *Server) NoteReload(why string, err error) {
 	s.log.Info().Str("trigger", why).Msg("reloaded certificates, keys, CA bundles and password file")
 }
 
-// Reload applies cfg's certificates, keys, CA bundles, upstream password
-// file and limits, after loading and checking all of them; on any error
-// nothing changes. Changed keys that need a restart are logged.
+// Reload resolves cfg and applies it; on any error nothing changes.
 func (s *Server) Reload(cfg config.Config) error {
-	s.reloadMu.Lock()
-	defer s.reloadMu.Unlock()
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
-	var m material
-	var err error
-	if m.server, err = tlsconf.ServerConfig(cfg.Listen.TLS); err != nil {
-		return err
-	}
-	if m.admin, err = tlsconf.AdminConfig(cfg.Admin.TLS); err != nil {
-		return err
-	}
-	target, err := cfg.Upstream.Target() // reads upstream.password_file
+	set, err := Resolve(cfg)
 	if err != nil {
 		return err
 	}
-	if target.TLS {
-		host, _, _ := net.SplitHostPort(target.Address)
-		if m.upstream, err = tlsconf.ClientConfig(cfg.Upstream.TLS, host); err != nil {
-			return err
-		}
-	}
-	if m.certs, err = loadCertInfo(cfg); err != nil {
-		return err
-	}
-	m.password, m.limits, m.policy = target.Password, cfg.Limits, cfg.TLS
+	s.Apply(set)
+	return nil
+}
 
+// Apply swaps in resolved settings: new handshakes use the new server
+// certificate and client CAs at once, new connections to Redis the new
+// upstream certificate, CA and password; open connections keep theirs.
+// Changed keys that need a restart are logged, not applied.
+func (s *Server) Apply(set *Settings) {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
 	var restart []string
-	for _, k := range config.Changed(s.cfg, cfg) {
+	for _, k := range config.Changed(s.cfg, set.cfg) {
 		if !slices.Contains(reloadable, k) {
 			restart = append(restart, k)
 		}
@@ -105,12 +116,11 @@ func (s *Server) Reload(cfg config.Config) error {
 	if len(restart) > 0 {
 		s.log.Warn().Str("keys", strings.Join(restart, ", ")).Msg("changed in the configuration but not applied: they need a restart")
 	}
-	s.swap(m)
-	s.pool.SetPassword(m.password)
+	s.swap(set)
+	s.pool.SetPassword(set.upstream.Password)
 	s.anyPool(func(p *upstream.Pool) bool {
-		p.SetTLS(m.upstream)
+		p.SetTLS(set.upstream.TLS)
 		return false
 	})
 	s.logExpiry(time.Now(), s.allCerts())
-	return nil
 }

@@ -58,16 +58,18 @@ type Server struct {
 	sessions sync.WaitGroup
 }
 
-// New checks the configuration, loads the certificates and prepares the
-// upstream pool. It opens no connection yet.
+// New builds a server from cfg (see Resolve) and prepares the upstream
+// pool. It opens no connection yet.
 func New(cfg config.Config, log zerolog.Logger) (*Server, error) {
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
-	tc, err := tlsconf.ServerConfig(cfg.Listen.TLS)
+	st, err := Resolve(cfg)
 	if err != nil {
 		return nil, err
 	}
+	return newServer(st, log), nil
+}
+
+func newServer(set *Settings, log zerolog.Logger) *Server {
+	cfg := set.cfg
 	switch cfg.Listen.TLS.ClientAuth {
 	case "none":
 		log.Warn().Str("key", "listen.tls.client_auth").Str("value", "none").
@@ -76,45 +78,18 @@ func New(cfg config.Config, log zerolog.Logger) (*Server, error) {
 		log.Warn().Str("key", "listen.tls.client_auth").Str("value", "verify-if-given").
 			Msg("WARNING: client certificates are not required: any client that can reach the port can use Redis (a certificate is verified only when a client sends one)")
 	}
-	target, err := cfg.Upstream.Target()
-	if err != nil {
-		return nil, err
-	}
 	warnOpenSecrets(cfg, log)
-	opts := upstream.Options{
-		Network:      target.Network,
-		Address:      target.Address,
-		Username:     target.Username,
-		Password:     target.Password,
-		DB:           target.DB,
-		DialTimeout:  cfg.Upstream.DialTimeout,
-		ReadTimeout:  cfg.Upstream.ReadTimeout,
-		WriteTimeout: cfg.Upstream.WriteTimeout,
-	}
-	if target.TLS {
-		host, _, _ := net.SplitHostPort(target.Address)
-		if opts.TLS, err = tlsconf.ClientConfig(cfg.Upstream.TLS, host); err != nil {
-			return nil, err
-		}
-	}
-	adminTLS, err := tlsconf.AdminConfig(cfg.Admin.TLS)
-	if err != nil {
-		return nil, err
-	}
-	certs, err := loadCertInfo(cfg)
-	if err != nil {
-		return nil, err
-	}
 	st := newStats()
+	opts := set.upstream
 	opts.Hooks = st.hooks()
 	p := cfg.Upstream.Pool
 	limits := upstream.Limits{MaxShared: p.MaxSize, MinIdle: p.MinIdle, MaxIdle: p.MaxIdle, MaxPinned: p.MaxPinned}
 	s := &Server{
 		cfg:       cfg,
 		log:       log,
-		target:    target,
+		target:    set.target,
 		pool:      upstream.NewPool(opts, limits, log.With().Str("component", "upstream").Logger()),
-		defaultDB: target.DB,
+		defaultDB: set.target.DB,
 		rejects:   newRejectLog(log),
 		stats:     st,
 		version:   "dev",
@@ -123,11 +98,11 @@ func New(cfg config.Config, log zerolog.Logger) (*Server, error) {
 		listenOK:  make(chan struct{}),
 		conns:     make(map[*clientConn]struct{}),
 	}
-	s.adminTLS.Store(adminTLS)
+	s.adminTLS.Store(set.admin)
 	s.clientCerts = newClientCerts()
 	st.upstreamPeer = s.noteUpstreamCert
-	s.swap(material{server: tc, admin: adminTLS, certs: certs, limits: cfg.Limits, policy: cfg.TLS})
-	return s, nil
+	s.swap(set)
+	return s
 }
 
 // Listening is closed once the proxy accepts client connections.

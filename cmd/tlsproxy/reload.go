@@ -87,9 +87,13 @@ func sameSums(a, b map[string][32]byte) bool {
 func (r *reloader) reload(why string, retries int) {
 	var err error
 	for attempt := 0; ; attempt++ {
+		// The new configuration is resolved whole (every file read, every
+		// TLS configuration built), then swapped in.
 		var cfg config.Config
+		var set *proxy.Settings
 		if cfg, err = config.Load(r.path); err == nil {
-			if err = r.srv.Reload(cfg); err == nil {
+			if set, err = proxy.Resolve(cfg); err == nil {
+				r.srv.Apply(set)
 				setLogLevel(cfg.Log)
 				r.cfg, r.sums = cfg, r.checksums(cfg)
 				break

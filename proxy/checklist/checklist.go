@@ -442,29 +442,10 @@ func checkUpstreamLink(ctx context.Context, cfg config.Config, o Options) Result
 	return result(Pass, "rediss://%s: %s handshake OK, certificate for %q verified against %s%s", t.Address, tls.VersionName(st.Version), tc.ServerName, roots, issuer)
 }
 
-// upstreamOptions builds the upstream options as proxy.New does.
-func upstreamOptions(cfg config.Config) (upstream.Options, config.Target, error) {
-	t, err := cfg.Upstream.Target()
-	if err != nil {
-		return upstream.Options{}, t, err
-	}
-	opts := upstream.Options{
-		Network: t.Network, Address: t.Address, Username: t.Username, Password: t.Password, DB: t.DB,
-		DialTimeout: cfg.Upstream.DialTimeout, ReadTimeout: cfg.Upstream.ReadTimeout, WriteTimeout: cfg.Upstream.WriteTimeout,
-	}
-	if t.TLS {
-		host, _, _ := net.SplitHostPort(t.Address)
-		if opts.TLS, err = tlsconf.ClientConfig(cfg.Upstream.TLS, host); err != nil {
-			return opts, t, err
-		}
-	}
-	return opts, t, nil
-}
-
 // 7. Redis reachable (online)
 
 func checkRedisReachable(ctx context.Context, cfg config.Config, _ Options) Result {
-	opts, t, err := upstreamOptions(cfg)
+	opts, t, err := upstream.OptionsFor(cfg)
 	if err != nil {
 		return result(Fail, "%v", err)
 	}
@@ -528,7 +509,7 @@ func addressExposure(network, address string) string {
 }
 
 func checkRedisExposure(ctx context.Context, cfg config.Config, _ Options) Result {
-	opts, t, err := upstreamOptions(cfg)
+	opts, t, err := upstream.OptionsFor(cfg)
 	if err != nil {
 		return result(Fail, "%v", err)
 	}
