@@ -53,12 +53,6 @@ func (s *Server) dropUserPool(key string, p *upstream.Pool) {
 	}
 }
 
-// isLeased reports whether id names a dedicated connection some session
-// holds, in any pool.
-func (s *Server) isLeased(id int64) bool {
-	return s.anyPool(func(p *upstream.Pool) bool { return p.IsLeased(id) })
-}
-
 // isShared reports whether id or addr names a shared connection of any pool.
 func (s *Server) isShared(id int64, addr string) bool {
 	return s.anyPool(func(p *upstream.Pool) bool { return p.IsShared(id, addr) })

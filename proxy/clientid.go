@@ -100,21 +100,32 @@ func setConnID(reply []byte, id int64) []byte {
 	return append(out, reply[i+j:]...)
 }
 
-// redirectTarget resolves the connection a CLIENT TRACKING REDIRECT names:
-// a session id becomes the Redis id of that session's dedicated connection;
-// a Redis id must be one some session holds. It returns 0 for anything else
-// (a shared or idle connection, or a session without a dedicated one).
+// redirectTarget resolves the connection a CLIENT TRACKING REDIRECT names
+// to its Redis id (see dedicatedNamed); 0 for anything else (a shared or
+// idle connection, or a session without a dedicated one).
 func (s *session) redirectTarget(id int64) int64 {
-	if v, ok := s.srv.ids.Load(id); ok {
-		if d := v.(*session).dedAt.Load(); d != nil {
-			return d.ID()
-		}
-		return 0
-	}
-	if s.srv.isLeased(id) {
-		return id
+	if d := s.srv.dedicatedNamed(id); d != nil {
+		return d.ID()
 	}
 	return 0
+}
+
+// dedicatedNamed is the dedicated connection id names: the one of the
+// session with that id, or the one some session holds with that Redis id;
+// nil for anything else. Clients may name only these (CLIENT TRACKING
+// REDIRECT, CLIENT UNBLOCK).
+func (srv *Server) dedicatedNamed(id int64) *upstream.Dedicated {
+	if v, ok := srv.ids.Load(id); ok {
+		return v.(*session).dedAt.Load()
+	}
+	var d *upstream.Dedicated
+	srv.ids.Range(func(_, v any) bool {
+		if td := v.(*session).dedAt.Load(); td != nil && td.ID() == id {
+			d = td
+		}
+		return d == nil
+	})
+	return d
 }
 
 // withRedirect returns CLIENT TRACKING's arguments with the REDIRECT value

@@ -286,14 +286,7 @@ func (s *session) clientUnblock(req resp.Request) bool {
 		s.replyError(errUnblockShared)
 		return true
 	}
-	var d *upstream.Dedicated
-	s.srv.ids.Range(func(_, v any) bool {
-		if td := v.(*session).dedAt.Load(); td != nil && (v.(*session).clientID == id || td.ID() == id) {
-			d = td
-			return false
-		}
-		return true
-	})
+	d := s.srv.dedicatedNamed(id)
 	if d == nil || !d.Hold() {
 		s.reply([]byte(":0\r\n")) // no such client, or none blocked
 		return true

@@ -254,7 +254,7 @@ func (s *session) writeClient(b []byte) error {
 	defer s.wmu.Unlock()
 	s.conn.SetWriteDeadline(time.Now().Add(clientWriteTimeout))
 	_, err := s.conn.Write(b)
-	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+	if isTimeout(err) {
 		s.log.Info().Dur("write_timeout", clientWriteTimeout).Msg("client stopped reading its replies; closing client")
 		s.srv.stats.disconnects[byWriteTimeout].Add(1)
 	}
@@ -436,7 +436,7 @@ func (s *session) watchClient() error {
 	}
 	var discard [512]byte
 	_, err = s.conn.Read(discard[:])
-	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+	if isTimeout(err) {
 		return nil
 	}
 	return err

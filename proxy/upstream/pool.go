@@ -36,7 +36,6 @@ type Pool struct {
 	shared   sync.Map // sharedKey -> []*sharedSlot, made on first use
 	next     atomic.Uint32
 	pinned   chan struct{} // one token per leased connection
-	leased   sync.Map      // CLIENT ID of each leased connection -> struct{}
 	minBadDB atomic.Int64  // the lowest database Redis refused to SELECT
 
 	mu       sync.Mutex
@@ -297,7 +296,6 @@ func (p *Pool) lease(ctx context.Context, proto, db int) (*Conn, error) {
 				continue
 			}
 		}
-		p.noteLeased(c)
 		return c, nil
 	}
 	c, err := p.dial(proto, db)
@@ -305,14 +303,7 @@ func (p *Pool) lease(ctx context.Context, proto, db int) (*Conn, error) {
 		<-p.pinned
 		return nil, err
 	}
-	p.noteLeased(c)
 	return c, nil
-}
-
-func (p *Pool) noteLeased(c *Conn) {
-	if c.id != 0 {
-		p.leased.Store(c.id, struct{}{})
-	}
 }
 
 // noteBadDB remembers that Redis has no database db, when that is what it
@@ -328,14 +319,6 @@ func (p *Pool) noteBadDB(db int, re *ReplyError) {
 			return
 		}
 	}
-}
-
-// IsLeased reports whether id is the CLIENT ID of a connection leased to a
-// session right now: the only connections a client may name (CLIENT
-// TRACKING REDIRECT).
-func (p *Pool) IsLeased(id int64) bool {
-	_, ok := p.leased.Load(id)
-	return ok
 }
 
 // IsShared reports whether id (Redis's CLIENT ID) or addr (the address
@@ -390,7 +373,6 @@ const (
 
 // release returns a leased connection.
 func (p *Pool) release(c *Conn, mode ReleaseMode) {
-	p.leased.Delete(c.id)
 	defer func() { <-p.pinned }()
 	if mode == Dirty {
 		if err := c.reset(); err != nil {
