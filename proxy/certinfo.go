@@ -1,14 +1,13 @@
 package proxy
 
 import (
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"os"
 	"time"
 
 	"github.com/rs/zerolog"
 	"github.com/tlsproxy/tlsproxy/proxy/config"
+	"github.com/tlsproxy/tlsproxy/proxy/tlsconf"
 )
 
 // certInfo describes one certificate the proxy was configured with, for
@@ -39,23 +38,11 @@ func loadCertInfo(cfg config.Config) ([]certInfo, error) {
 		if f.file == "" {
 			continue
 		}
-		data, err := os.ReadFile(f.file)
+		certs, err := tlsconf.ReadCertificates(f.file)
 		if err != nil {
 			return nil, err
 		}
-		for rest := data; ; {
-			var b *pem.Block
-			b, rest = pem.Decode(rest)
-			if b == nil {
-				break
-			}
-			if b.Type != "CERTIFICATE" {
-				continue
-			}
-			c, err := x509.ParseCertificate(b.Bytes)
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", f.file, err)
-			}
+		for _, c := range certs {
 			out = append(out, certOf(f.role, f.file, c))
 		}
 	}

@@ -4,16 +4,15 @@ import (
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"time"
 
 	"github.com/tlsproxy/tlsproxy/proxy/config"
+	"github.com/tlsproxy/tlsproxy/proxy/tlsconf"
 )
 
 // healthCmd GETs the admin endpoint's /healthz: the container HEALTHCHECK,
@@ -107,13 +106,12 @@ func healthClient(a config.Admin, url, certFile, keyFile string) (*http.Client, 
 }
 
 func leafDER(file string) ([]byte, error) {
-	data, err := os.ReadFile(file)
+	certs, err := tlsconf.ReadCertificates(file)
 	if err != nil {
 		return nil, fmt.Errorf("admin.tls.cert_file: %w", err)
 	}
-	b, _ := pem.Decode(data)
-	if b == nil || b.Type != "CERTIFICATE" {
+	if len(certs) == 0 {
 		return nil, fmt.Errorf("admin.tls.cert_file %s: no PEM certificate", file)
 	}
-	return b.Bytes, nil
+	return certs[0].Raw, nil
 }

@@ -12,7 +12,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -253,7 +252,7 @@ func checkServerCert(_ context.Context, cfg config.Config, o Options) Result {
 		}
 	}
 	if chained == "" && lt.ClientCAFile != "" {
-		if cas, err := readCerts(lt.ClientCAFile); err == nil {
+		if cas, err := tlsconf.ReadCertificates(lt.ClientCAFile); err == nil {
 			pool := x509.NewCertPool()
 			for _, c := range cas {
 				pool.AddCert(c)
@@ -321,28 +320,6 @@ func sanList(c *x509.Certificate) string {
 	return strings.Join(s, ", ")
 }
 
-// readCerts reads every PEM certificate in file.
-func readCerts(file string) ([]*x509.Certificate, error) {
-	data, err := os.ReadFile(file)
-	if err != nil {
-		return nil, err
-	}
-	var out []*x509.Certificate
-	for {
-		var der []byte
-		der, data = nextCert(data)
-		if der == nil {
-			break
-		}
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			return nil, fmt.Errorf("%q: %w", file, err)
-		}
-		out = append(out, c)
-	}
-	return out, nil
-}
-
 // 5. client CA bundle
 
 func checkClientCAs(_ context.Context, cfg config.Config, o Options) Result {
@@ -350,7 +327,7 @@ func checkClientCAs(_ context.Context, cfg config.Config, o Options) Result {
 	if file == "" {
 		return result(Warn, "listen.tls.client_ca_file is not set: no client certificate is verified (see client authentication)")
 	}
-	cas, err := readCerts(file)
+	cas, err := tlsconf.ReadCertificates(file)
 	if err != nil {
 		return result(Fail, "listen.tls.client_ca_file: %v", err)
 	}
@@ -716,18 +693,4 @@ func (c *redisConn) read() (any, error) {
 		return out, nil
 	}
 	return nil, fmt.Errorf("unexpected reply %q", line)
-}
-
-// nextCert returns the DER of the first CERTIFICATE block in data and the rest.
-func nextCert(data []byte) (der, rest []byte) {
-	for {
-		var block *pem.Block
-		block, data = pem.Decode(data)
-		if block == nil {
-			return nil, nil
-		}
-		if block.Type == "CERTIFICATE" {
-			return block.Bytes, data
-		}
-	}
 }

@@ -90,26 +90,47 @@ func readKeyPair(certKey, certFile, keyKey, keyFile string) (*tls.Certificate, e
 	return &pair, nil
 }
 
-// parseCertificates decodes every CERTIFICATE block; it needs at least one.
-func parseCertificates(data []byte) ([]*x509.Certificate, error) {
-	var certs []*x509.Certificate
-	sawKey := false
+// ReadCertificates returns every PEM CERTIFICATE of file, in order; a file
+// with none gives none (the callers that need one say so).
+func ReadCertificates(file string) ([]*x509.Certificate, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	certs, _, err := certificates(data)
+	if err != nil {
+		return nil, fmt.Errorf("%q: %w", file, err)
+	}
+	return certs, nil
+}
+
+// certificates decodes every CERTIFICATE block, and reports whether data
+// holds a private key too.
+func certificates(data []byte) (certs []*x509.Certificate, sawKey bool, err error) {
 	for {
 		var block *pem.Block
 		block, data = pem.Decode(data)
 		if block == nil {
-			break
+			return certs, sawKey, nil
 		}
 		switch {
 		case block.Type == "CERTIFICATE":
 			c, err := x509.ParseCertificate(block.Bytes)
 			if err != nil {
-				return nil, fmt.Errorf("certificate %d: %w", len(certs)+1, err)
+				return nil, sawKey, fmt.Errorf("certificate %d: %w", len(certs)+1, err)
 			}
 			certs = append(certs, c)
 		case strings.HasSuffix(block.Type, "PRIVATE KEY"):
 			sawKey = true
 		}
+	}
+}
+
+// parseCertificates decodes every CERTIFICATE block; it needs at least one.
+func parseCertificates(data []byte) ([]*x509.Certificate, error) {
+	certs, sawKey, err := certificates(data)
+	if err != nil {
+		return nil, err
 	}
 	if len(certs) == 0 {
 		if sawKey {
