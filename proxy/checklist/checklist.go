@@ -368,16 +368,6 @@ func isPublic(ca *x509.Certificate, sys *x509.CertPool, now time.Time) bool {
 
 // 6. upstream link
 
-// isLoopback reports whether host (no port) is a loopback name or address.
-func isLoopback(host string) bool {
-	host = strings.Trim(host, "[]")
-	if strings.EqualFold(host, "localhost") || strings.HasSuffix(strings.ToLower(host), ".localhost") {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
-}
-
 func checkUpstreamLink(ctx context.Context, cfg config.Config, o Options) Result {
 	t, err := cfg.Upstream.Target()
 	if err != nil {
@@ -387,7 +377,7 @@ func checkUpstreamLink(ctx context.Context, cfg config.Config, o Options) Result
 	switch {
 	case t.Network == "unix":
 		return result(Pass, "unix socket %s: not encrypted, but local", t.Address)
-	case !t.TLS && isLoopback(host):
+	case !t.TLS && config.IsLoopbackHost(host):
 		return result(Pass, "plain TCP to loopback %s: not encrypted, but local", t.Address)
 	case !t.TLS:
 		return result(Fail, "plain TCP to %s: commands, replies and the password cross the network unencrypted; use rediss:// or a loopback/unix socket", t.Address)
@@ -466,7 +456,7 @@ func bindExposure(bind string) string {
 		switch {
 		case a == "*" || a == "::*" || a == "0.0.0.0" || a == "::":
 			open = append(open, f+" (every interface)")
-		case !isLoopback(a):
+		case !config.IsLoopbackHost(a):
 			open = append(open, f)
 		}
 	}
@@ -479,7 +469,7 @@ func bindExposure(bind string) string {
 // addressExposure warns about a Redis at a network address: whoever can
 // reach that address can reach Redis without the proxy.
 func addressExposure(network, address string) string {
-	if host, _, _ := net.SplitHostPort(address); network == "tcp" && !isLoopback(host) {
+	if host, _, _ := net.SplitHostPort(address); network == "tcp" && !config.IsLoopbackHost(host) {
 		return fmt.Sprintf("Redis is at the network address %s: hosts that can reach it bypass the proxy; firewall it so only the proxy connects", address)
 	}
 	return ""
@@ -572,7 +562,7 @@ func checkAdmin(_ context.Context, cfg config.Config, _ Options) Result {
 	}
 	host, _, _ := net.SplitHostPort(a.Address)
 	switch {
-	case isLoopback(host):
+	case config.IsLoopbackHost(host):
 		return result(Pass, "on loopback %s", a.Address)
 	case a.TLS.CertFile != "" && a.TLS.ClientCAFile != "":
 		return result(Pass, "%s is not loopback, but serves HTTPS and requires client certificates", a.Address)

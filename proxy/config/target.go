@@ -210,3 +210,14 @@ func isScheme(s string) bool {
 	}
 	return s != ""
 }
+
+// IsLoopbackHost reports whether host (without a port; brackets allowed) is
+// a loopback name or address: localhost, *.localhost, 127.0.0.0/8, ::1.
+func IsLoopbackHost(host string) bool {
+	host = strings.Trim(host, "[]")
+	if strings.EqualFold(host, "localhost") || strings.HasSuffix(strings.ToLower(host), ".localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

@@ -117,3 +117,14 @@ func TestTargetUserinfo(t *testing.T) {
 		})
 	}
 }
+
+func TestIsLoopbackHost(t *testing.T) {
+	for host, want := range map[string]bool{
+		"127.0.0.1": true, "127.1.2.3": true, "::1": true, "[::1]": true, "localhost": true, "LocalHost": true, "redis.localhost": true,
+		"10.0.0.1": false, "0.0.0.0": false, "": false, "redis.internal": false, "localhost.example": false,
+	} {
+		if got := IsLoopbackHost(host); got != want {
+			t.Errorf("IsLoopbackHost(%q) = %v", host, got)
+		}
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/tlsproxy/tlsproxy/proxy/config"
 )
 
 // Limits bound the connections a Pool keeps to Redis.
@@ -469,18 +470,8 @@ func (p *Pool) announceEncryption() {
 }
 
 func isLoopback(network, addr string) bool {
-	if network == "unix" {
-		return true
-	}
 	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return false
-	}
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
+	return network == "unix" || err == nil && config.IsLoopbackHost(host)
 }
 
 // Close closes every connection; clients waiting on a shared connection get
