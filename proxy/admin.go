@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/tlsproxy/tlsproxy/proxy/upstream"
 )
 
 // The admin endpoint: /metrics, /healthz, /readyz, /status and a status
@@ -105,8 +104,8 @@ type status struct {
 	Upstream    upstreamSt  `json:"upstream"`
 	Connections connections `json:"connections"`
 	StartedAt   time.Time   `json:"started_at"`
-	// LastReload is when the configuration and certificates in use were
-	// loaded: at start until reloading exists.
+	// LastReload is when the certificates, keys and password in use were
+	// loaded: at start or by the last successful reload.
 	LastReload   time.Time  `json:"last_reload"`
 	Certificates []certInfo `json:"certificates"`
 	// ExpiryWarningDays is tls.expiry_warning in days.
@@ -151,13 +150,8 @@ func (s *Server) status() status {
 	st.Upstream = upstreamSt{Address: s.target.Address, Network: s.target.Network, Encrypted: s.target.TLS}
 	st.Upstream.Up, st.Upstream.Reason = s.upstreamUp()
 	st.Connections = connections{Clients: s.stats.active.Load(), MaxClients: s.limits.Load().MaxClients}
-	s.anyPool(func(p *upstream.Pool) bool {
-		sh, pi, id := p.Conns()
-		st.Connections.UpstreamShared += sh
-		st.Connections.UpstreamPinned += pi
-		st.Connections.UpstreamIdle += id
-		return false
-	})
+	c := &st.Connections
+	c.UpstreamShared, c.UpstreamPinned, c.UpstreamIdle = s.upstreamConns()
 	warning := s.expiryWarning()
 	st.ExpiryWarningDays = int(warning.Hours() / 24)
 	for _, c := range s.allCerts() {

@@ -58,6 +58,17 @@ func (s *Server) isShared(id int64, addr string) bool {
 	return s.anyPool(func(p *upstream.Pool) bool { return p.IsShared(id, addr) })
 }
 
+// upstreamConns counts the connections to Redis of every pool (see
+// upstream.Pool.Conns).
+func (s *Server) upstreamConns() (shared, pinned, idle int) {
+	s.anyPool(func(p *upstream.Pool) bool {
+		sh, pi, id := p.Conns()
+		shared, pinned, idle = shared+sh, pinned+pi, idle+id
+		return false
+	})
+	return shared, pinned, idle
+}
+
 func (s *Server) anyPool(f func(*upstream.Pool) bool) bool {
 	found := f(s.pool)
 	s.users.Range(func(_, v any) bool {

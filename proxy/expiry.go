@@ -137,23 +137,21 @@ func (cc *clientCerts) evict(now time.Time) {
 	}
 }
 
-// earliest returns up to n identities whose certificates expire first.
-func (cc *clientCerts) earliest(n int, now time.Time) []struct {
+// clientExpiry is one identity's earliest certificate expiry.
+type clientExpiry struct {
 	id       string
 	notAfter time.Time
-} {
+}
+
+// earliest returns up to n identities seen in the last day whose
+// certificates expire first.
+func (cc *clientCerts) earliest(n int, now time.Time) []clientExpiry {
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
-	var out []struct {
-		id       string
-		notAfter time.Time
-	}
+	var out []clientExpiry
 	for id, e := range cc.byID {
 		if now.Sub(e.seen) <= clientCertWindow {
-			out = append(out, struct {
-				id       string
-				notAfter time.Time
-			}{id, e.notAfter})
+			out = append(out, clientExpiry{id, e.notAfter})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].notAfter.Before(out[j].notAfter) })

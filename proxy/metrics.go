@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"crypto/x509"
 	"net"
 	"runtime"
 	"sync/atomic"
@@ -78,8 +77,6 @@ type stats struct {
 
 	handshake prometheus.Histogram
 	batch     prometheus.Histogram
-
-	upstreamPeer func(*x509.Certificate) // the certificate Redis presented on a TLS dial
 }
 
 func newStats() *stats {
@@ -109,11 +106,6 @@ func (st *stats) hooks() *upstream.Hooks {
 			}
 		},
 		Batch: func(d time.Duration) { st.batch.Observe(d.Seconds()) },
-		PeerCertificate: func(c *x509.Certificate) {
-			if st.upstreamPeer != nil {
-				st.upstreamPeer(c)
-			}
-		},
 	}
 }
 
@@ -208,12 +200,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			counter(descCmdErrors, n, commands.NameOf(i))
 		}
 	}
-	var shared, pinned, idle int
-	s.anyPool(func(p *upstream.Pool) bool {
-		sh, pi, id := p.Conns()
-		shared, pinned, idle = shared+sh, pinned+pi, idle+id
-		return false
-	})
+	shared, pinned, idle := s.upstreamConns()
 	gauge(descUpConns, float64(shared), "shared")
 	gauge(descUpConns, float64(pinned), "pinned")
 	gauge(descUpConns, float64(idle), "idle")

@@ -90,16 +90,6 @@ func (s *Server) NoteReload(why string, err error) {
 	s.log.Info().Str("trigger", why).Msg("reloaded certificates, keys, CA bundles and password file")
 }
 
-// Reload resolves cfg and applies it; on any error nothing changes.
-func (s *Server) Reload(cfg config.Config) error {
-	set, err := Resolve(cfg)
-	if err != nil {
-		return err
-	}
-	s.Apply(set)
-	return nil
-}
-
 // Apply swaps in resolved settings: new handshakes use the new server
 // certificate and client CAs at once, new connections to Redis the new
 // upstream certificate, CA and password; open connections keep theirs.

@@ -16,6 +16,15 @@ import (
 // The reload itself, in-process; cmd/tlsproxy's reload tests drive the
 // binary through SIGHUP and file changes.
 
+// reload resolves cfg and applies it, as the binary's reloader does.
+func reload(srv *Server, cfg config.Config) error {
+	set, err := Resolve(cfg)
+	if err == nil {
+		srv.Apply(set)
+	}
+	return err
+}
+
 // servedSerial is the serial of the certificate a new handshake gets.
 func servedSerial(t *testing.T, e *proxyEnv) *big.Int {
 	t.Helper()
@@ -60,7 +69,7 @@ func TestReloadIsAllOrNothing(t *testing.T) {
 	}
 	fresh := rotateServerCert(t, e.pki)
 	writeFile(t, e.pki.caFile, []byte("not a certificate\n"))
-	err = e.srv.Reload(e.srv.cfg)
+	err = reload(e.srv, e.srv.cfg)
 	e.srv.NoteReload("test", err)
 	if err == nil || !strings.Contains(err.Error(), e.pki.caFile) {
 		t.Fatalf("reload with a broken CA bundle: %v; want an error naming %s", err, e.pki.caFile)
@@ -76,7 +85,7 @@ func TestReloadIsAllOrNothing(t *testing.T) {
 	}
 
 	writeFile(t, e.pki.caFile, caPEM)
-	err = e.srv.Reload(e.srv.cfg)
+	err = reload(e.srv, e.srv.cfg)
 	e.srv.NoteReload("test", err)
 	if err != nil {
 		t.Fatal(err)
@@ -100,7 +109,7 @@ func TestReloadAppliesLimitsAndReportsTheRest(t *testing.T) {
 	cfg.Limits.MaxClients = 1
 	cfg.Listen.Address = "127.0.0.1:1"
 	cfg.Upstream.Pool.MaxSize = 7
-	if err := e.srv.Reload(cfg); err != nil {
+	if err := reload(e.srv, cfg); err != nil {
 		t.Fatal(err)
 	}
 	over := safetyProxy(t, e)
@@ -143,7 +152,7 @@ func TestReloadUpstreamCredentialsForNewDials(t *testing.T) {
 		t.Fatal(err)
 	}
 	writeFile(t, pwFile, []byte("pw2\n"))
-	if err := e2.srv.Reload(e2.srv.cfg); err != nil {
+	if err := reload(e2.srv, e2.srv.cfg); err != nil {
 		t.Fatal(err)
 	}
 	roundTrip(t, c.c, cmd("GET", "rot:k"), "$1\r\n1\r\n") // the open connection stays

@@ -80,15 +80,10 @@ func newServer(set *Settings, log zerolog.Logger) *Server {
 	}
 	warnOpenSecrets(cfg, log)
 	st := newStats()
-	opts := set.upstream
-	opts.Hooks = st.hooks()
-	p := cfg.Upstream.Pool
-	limits := upstream.Limits{MaxShared: p.MaxSize, MinIdle: p.MinIdle, MaxIdle: p.MaxIdle, MaxPinned: p.MaxPinned}
 	s := &Server{
 		cfg:       cfg,
 		log:       log,
 		target:    set.target,
-		pool:      upstream.NewPool(opts, limits, log.With().Str("component", "upstream").Logger()),
 		defaultDB: set.target.DB,
 		rejects:   newRejectLog(log),
 		stats:     st,
@@ -98,9 +93,14 @@ func newServer(set *Settings, log zerolog.Logger) *Server {
 		listenOK:  make(chan struct{}),
 		conns:     make(map[*clientConn]struct{}),
 	}
+	opts := set.upstream
+	opts.Hooks = st.hooks()
+	opts.Hooks.PeerCertificate = s.noteUpstreamCert
+	p := cfg.Upstream.Pool
+	limits := upstream.Limits{MaxShared: p.MaxSize, MinIdle: p.MinIdle, MaxIdle: p.MaxIdle, MaxPinned: p.MaxPinned}
+	s.pool = upstream.NewPool(opts, limits, log.With().Str("component", "upstream").Logger())
 	s.adminTLS.Store(set.admin)
 	s.clientCerts = newClientCerts()
-	st.upstreamPeer = s.noteUpstreamCert
 	s.swap(set)
 	return s
 }
