@@ -176,16 +176,9 @@ func (s *session) helloAuth(h commands.HelloOptions, errText string) bool {
 }
 
 func authCmd(user, pass []byte) []byte {
-	cmd := redcon.AppendArray(nil, 3)
-	cmd = redcon.AppendBulkString(cmd, "AUTH")
-	cmd = redcon.AppendBulk(cmd, user)
-	return redcon.AppendBulk(cmd, pass)
+	return encode([]byte("AUTH"), user, pass)
 }
 
 func helloAuthCmd(proto int, user, pass []byte) []byte {
-	cmd := []byte("*5\r\n$5\r\nHELLO\r\n$1\r\n")
-	cmd = append(cmd, byte('0'+proto), '\r', '\n')
-	cmd = append(cmd, "$4\r\nAUTH\r\n"...)
-	cmd = redcon.AppendBulk(cmd, user)
-	return redcon.AppendBulk(cmd, pass)
+	return encode([]byte("HELLO"), []byte{byte('0' + proto)}, []byte("AUTH"), user, pass)
 }

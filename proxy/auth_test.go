@@ -244,3 +244,25 @@ func TestAuthGuessesAreBounded(t *testing.T) {
 		t.Fatal("no log line for the closed session")
 	}
 }
+
+// TestWithRedirect: only the REDIRECT value Redis uses (the last) is
+// rewritten; a PREFIX value spelled "redirect" is not an option.
+func TestWithRedirect(t *testing.T) {
+	args := func(s string) [][]byte {
+		var out [][]byte
+		for _, f := range strings.Fields(s) {
+			out = append(out, []byte(f))
+		}
+		return out
+	}
+	for in, want := range map[string]string{
+		"CLIENT TRACKING on REDIRECT 5":                    "CLIENT TRACKING on REDIRECT 99",
+		"CLIENT TRACKING on REDIRECT abc REDIRECT 5 BCAST": "CLIENT TRACKING on REDIRECT abc REDIRECT 99 BCAST",
+		"CLIENT TRACKING on PREFIX redirect REDIRECT 5":    "CLIENT TRACKING on PREFIX redirect REDIRECT 99",
+		"CLIENT TRACKING on BCAST PREFIX a PREFIX b":       "CLIENT TRACKING on BCAST PREFIX a PREFIX b",
+	} {
+		if got, w := withRedirect(args(in), 99), encode(args(want)...); string(got) != string(w) {
+			t.Errorf("withRedirect(%s) = %q, want %q", in, got, w)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"slices"
 	"strconv"
 
 	"github.com/tidwall/redcon"
@@ -131,23 +132,19 @@ func (srv *Server) dedicatedNamed(id int64) *upstream.Dedicated {
 // withRedirect returns CLIENT TRACKING's arguments with the REDIRECT value
 // set to id, found by Redis's option syntax, encoded as a command.
 func withRedirect(args [][]byte, id int64) []byte {
-	out := redcon.AppendArray(nil, len(args))
-	skip := -1
+	last := -1 // Redis takes the last REDIRECT
 	for j := 3; j < len(args); j++ {
 		switch {
 		case commands.Keyword(args[j], "redirect") && j+1 < len(args):
-			skip = j + 1
+			last = j + 1
 			j++
 		case commands.Keyword(args[j], "prefix"):
 			j++
 		}
 	}
-	for i, a := range args {
-		if i == skip {
-			out = redcon.AppendBulkString(out, strconv.FormatInt(id, 10))
-			continue
-		}
-		out = redcon.AppendBulk(out, a)
+	args = slices.Clone(args)
+	if last > 0 {
+		args[last] = strconv.AppendInt(nil, id, 10)
 	}
-	return out
+	return encode(args...)
 }

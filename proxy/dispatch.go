@@ -161,6 +161,16 @@ func (s *session) send(cmd []byte, e upstream.Effect, arg int) {
 	s.ded.Send(cmd, e, arg)
 }
 
+// encode writes args as a RESP command, for the commands the proxy sends
+// of its own or rewrites.
+func encode(args ...[]byte) []byte {
+	b := redcon.AppendArray(nil, len(args))
+	for _, a := range args {
+		b = redcon.AppendBulk(b, a)
+	}
+	return b
+}
+
 // queue adds a command to the batch for the shared connections.
 func (s *session) queue(cmd []byte) {
 	s.batch.Cmds = append(s.batch.Cmds, cmd)

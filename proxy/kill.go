@@ -63,7 +63,7 @@ func (s *session) clientKill(req resp.Request) bool {
 		return true
 	}
 	if s.redisMayRefuse() {
-		s.send(encode(noMatchKill(args)), upstream.EffectNone, 0)
+		s.send(encode(noMatchKill(args)...), upstream.EffectNone, 0)
 		return true
 	}
 	if !s.settle() {
@@ -73,7 +73,7 @@ func (s *session) clientKill(req resp.Request) bool {
 	if f.legacy {
 		f.addr = string(args[2])
 	} else {
-		if reply, ok := s.ask(encode(noMatchKill(args))); !ok || reply[0] != ':' {
+		if reply, ok := s.ask(encode(noMatchKill(args)...)); !ok || reply[0] != ':' {
 			if ok {
 				s.reply(reply)
 			}
@@ -229,7 +229,7 @@ func (t *session) kill(by *session) {
 	t.srv.stats.disconnects[byKill].Add(1)
 	t.log.Info().Int64("killed_by", by.clientID).Msg("client killed by CLIENT KILL")
 	if d := t.dedAt.Load(); d != nil && d.Kill() {
-		by.pool.Exchange(by.proto, by.db, encode(killByID(d.ID())))
+		by.pool.Exchange(by.proto, by.db, encode(killByID(d.ID())...))
 	}
 	t.closeClient()
 }
@@ -242,7 +242,7 @@ func (s *session) killSelf() {
 		return
 	}
 	if s.ded.Kill() {
-		s.pool.Exchange(s.proto, s.db, encode(killByID(s.ded.ID())))
+		s.pool.Exchange(s.proto, s.db, encode(killByID(s.ded.ID())...))
 	}
 	s.dedAt.Store(nil)
 	s.ded.Release()
@@ -267,7 +267,7 @@ func (s *session) clientUnblock(req resp.Request) bool {
 	if s.redisMayRefuse() {
 		fwd := req.Raw
 		if valid {
-			fwd = encode(append([][]byte{args[0], args[1], []byte(strconv.FormatInt(unmatchedID, 10))}, args[3:]...))
+			fwd = encode(append([][]byte{args[0], args[1], []byte(strconv.FormatInt(unmatchedID, 10))}, args[3:]...)...)
 		}
 		s.send(fwd, upstream.EffectNone, 0)
 		return true
@@ -292,7 +292,7 @@ func (s *session) clientUnblock(req resp.Request) bool {
 		return true
 	}
 	fwd := append([][]byte{args[0], args[1], []byte(strconv.FormatInt(d.ID(), 10))}, args[3:]...)
-	reply, ok := s.ask(encode(fwd))
+	reply, ok := s.ask(encode(fwd...))
 	d.Unhold()
 	if ok {
 		s.reply(reply)
@@ -321,12 +321,4 @@ func (s *session) ask(cmd []byte) (reply []byte, ok bool) {
 		return nil, false
 	}
 	return reply, true
-}
-
-func encode(args [][]byte) []byte {
-	b := redcon.AppendArray(nil, len(args))
-	for _, a := range args {
-		b = redcon.AppendBulk(b, a)
-	}
-	return b
 }

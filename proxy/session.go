@@ -290,8 +290,7 @@ func (s *session) dedicate() error {
 	s.dedAt.Store(d)
 	if s.name != nil {
 		// The name the proxy kept goes with the session.
-		d.SendHidden(redcon.AppendBulk(redcon.AppendBulkString(redcon.AppendBulkString(
-			redcon.AppendArray(nil, 3), "CLIENT"), "SETNAME"), s.name), upstream.EffectSetName)
+		d.SendHidden(encode([]byte("CLIENT"), []byte("SETNAME"), s.name), upstream.EffectSetName)
 	}
 	return nil
 }
@@ -332,7 +331,7 @@ func (s *session) waitDedicated() bool {
 			// unblocked (the client gets Redis's UNBLOCKED error, nothing is
 			// consumed); any other reply is waited for.
 			drained = nil
-			s.pool.Exchange(2, 0, encode([][]byte{[]byte("CLIENT"), []byte("UNBLOCK"), []byte(strconv.FormatInt(s.ded.ID(), 10)), []byte("ERROR")}))
+			s.pool.Exchange(2, 0, encode([]byte("CLIENT"), []byte("UNBLOCK"), strconv.AppendInt(nil, s.ded.ID(), 10), []byte("ERROR")))
 		case err := <-filled:
 			switch {
 			case err == nil:
