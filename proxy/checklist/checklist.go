@@ -8,17 +8,15 @@
 package checklist
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -421,18 +419,13 @@ func checkRedisReachable(ctx context.Context, cfg config.Config, _ Options) Resu
 	if err != nil {
 		return result(Fail, "cannot connect to %s: %v", t, err)
 	}
-	uc.Close()
-	c, err := dialRedis(ctx, &opts)
-	if err != nil {
-		return result(Fail, "cannot connect to %s: %v", t, err)
-	}
-	defer c.Close()
-	reply, err := c.do("PING")
+	defer uc.Close()
+	reply, err := uc.Command("PING")
 	if err != nil {
 		return result(Fail, "PING %s: %v", t, err)
 	}
-	if s, _ := reply.(string); s != "PONG" {
-		return result(Fail, "PING %s: unexpected reply %v", t, reply)
+	if string(reply) != "+PONG\r\n" {
+		return result(Fail, "PING %s: unexpected reply %q", t, bytes.TrimSpace(reply))
 	}
 	auth := "without credentials"
 	if opts.Password != "" || opts.Username != "" {
@@ -484,23 +477,18 @@ func checkRedisExposure(ctx context.Context, cfg config.Config, _ Options) Resul
 	if w := addressExposure(t.Network, t.Address); w != "" {
 		v.warn("%s", w)
 	}
-	c, err := dialRedis(ctx, &opts)
+	uc, err := upstream.Dial(ctx, &opts, 2, t.DB)
 	if err != nil {
 		v.warn("could not check Redis's bind setting: %v", err)
 		return v.result()
 	}
-	defer c.Close()
+	defer uc.Close()
 	get := func(name string) (string, error) {
-		r, err := c.do("CONFIG", "GET", name)
+		reply, err := uc.Command("CONFIG", "GET", name)
 		if err != nil {
 			return "", err
 		}
-		kv, _ := r.([]any)
-		if len(kv) != 2 {
-			return "", fmt.Errorf("CONFIG GET %s: unexpected reply %v", name, r)
-		}
-		s, _ := kv[1].(string)
-		return s, nil
+		return configValue(reply)
 	}
 	bind, err := get("bind")
 	if err != nil {
@@ -575,112 +563,16 @@ func checkAdmin(_ context.Context, cfg config.Config, _ Options) Result {
 	return result(Warn, "%s is not loopback and serves plain HTTP: bind it to 127.0.0.1, publish it on loopback only (containers), firewall it, or set admin.tls with client_ca_file", a.Address)
 }
 
-// A minimal Redis client for PING and CONFIG GET (upstream.Conn sends only
-// the proxy's set-up commands).
-
-type redisConn struct {
-	nc net.Conn
-	r  *bufio.Reader
-}
-
-func dialRedis(ctx context.Context, o *upstream.Options) (*redisConn, error) {
-	ctx, cancel := context.WithTimeout(ctx, o.DialTimeout)
-	defer cancel()
-	var d net.Dialer
-	nc, err := d.DialContext(ctx, o.Network, o.Address)
-	if err != nil {
-		return nil, err
+// configValue is the value in CONFIG GET's reply (RESP2: an array of the
+// name and the value), or the error Redis answered.
+func configValue(reply []byte) (string, error) {
+	if len(reply) > 0 && reply[0] == '-' {
+		return "", errors.New(string(bytes.TrimSpace(reply[1:])))
 	}
-	if o.TLS != nil {
-		tc := tls.Client(nc, o.TLS)
-		if err := tc.HandshakeContext(ctx); err != nil {
-			nc.Close()
-			return nil, fmt.Errorf("tls handshake: %w", err)
-		}
-		nc = tc
+	lines := strings.Split(string(reply), "\r\n")
+	// *2, $len, name, $len, value, "" (after the last CRLF)
+	if len(lines) != 6 || lines[0] != "*2" {
+		return "", fmt.Errorf("unexpected reply %q", reply)
 	}
-	deadline, _ := ctx.Deadline()
-	nc.SetDeadline(deadline.Add(o.DialTimeout)) // the dial's time again for the commands
-	c := &redisConn{nc: nc, r: bufio.NewReader(nc)}
-	if o.Password != "" || o.Username != "" {
-		user := o.Username
-		if user == "" {
-			user = "default"
-		}
-		if _, err := c.do("AUTH", user, o.Password); err != nil {
-			nc.Close()
-			return nil, err
-		}
-	}
-	return c, nil
-}
-
-func (c *redisConn) Close() error { return c.nc.Close() }
-
-// errReply is an error reply from Redis.
-type errReply string
-
-func (e errReply) Error() string { return string(e) }
-
-func (c *redisConn) do(args ...string) (any, error) {
-	var b strings.Builder
-	fmt.Fprintf(&b, "*%d\r\n", len(args))
-	for _, a := range args {
-		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
-	}
-	if _, err := io.WriteString(c.nc, b.String()); err != nil {
-		return nil, err
-	}
-	r, err := c.read()
-	if err != nil {
-		return nil, err
-	}
-	if e, ok := r.(errReply); ok {
-		return nil, e
-	}
-	return r, nil
-}
-
-func (c *redisConn) read() (any, error) {
-	line, err := c.r.ReadString('\n')
-	if err != nil {
-		return nil, err
-	}
-	line = strings.TrimRight(line, "\r\n")
-	if line == "" {
-		return nil, errors.New("empty reply line")
-	}
-	switch line[0] {
-	case '+':
-		return line[1:], nil
-	case '-':
-		return errReply(line[1:]), nil
-	case ':':
-		return strconv.ParseInt(line[1:], 10, 64)
-	case '$':
-		n, err := strconv.Atoi(line[1:])
-		if err != nil || n < 0 {
-			return nil, err
-		}
-		buf := make([]byte, n+2)
-		if _, err := io.ReadFull(c.r, buf); err != nil {
-			return nil, err
-		}
-		return string(buf[:n]), nil
-	case '*':
-		n, err := strconv.Atoi(line[1:])
-		if err != nil || n < 0 {
-			return nil, err
-		}
-		out := make([]any, 0, n)
-		for range n {
-			v, err := c.read()
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, v)
-		}
-		return out, nil
-	}
-	return nil, fmt.Errorf("unexpected reply %q", line)
+	return lines[4], nil
 }

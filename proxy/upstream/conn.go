@@ -154,10 +154,7 @@ func (c *Conn) setUp(prefix []string, proto, db int) error {
 	steps = append(steps, step{"CLIENT ID", []string{"CLIENT", "ID"}})
 	var out []byte
 	for _, s := range steps {
-		out = redcon.AppendArray(out, len(s.args))
-		for _, a := range s.args {
-			out = redcon.AppendBulkString(out, a)
-		}
+		out = appendCommand(out, s.args...)
 	}
 	if _, err := c.nc.Write(out); err != nil {
 		return err
@@ -188,6 +185,26 @@ func (c *Conn) setUp(prefix []string, proto, db int) error {
 	}
 	c.proto, c.db = proto, db
 	return nil
+}
+
+func appendCommand(out []byte, args ...string) []byte {
+	out = redcon.AppendArray(out, len(args))
+	for _, a := range args {
+		out = redcon.AppendBulkString(out, a)
+	}
+	return out
+}
+
+// Command sends one command on a connection nobody else uses (tlsproxy
+// check's probes) and returns Redis's reply as it came, error replies
+// included, waiting at most the dial timeout. Replies must be small.
+func (c *Conn) Command(args ...string) ([]byte, error) {
+	c.nc.SetDeadline(time.Now().Add(c.opts.DialTimeout))
+	defer c.nc.SetDeadline(time.Time{})
+	if _, err := c.nc.Write(appendCommand(nil, args...)); err != nil {
+		return nil, err
+	}
+	return c.readReply()
 }
 
 // readReply reads one whole reply. It is for small set-up replies only: the
