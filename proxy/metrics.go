@@ -234,10 +234,10 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descReloads, st.reloads[0].Load(), "success")
 	counter(descReloads, st.reloads[1].Load(), "failure")
 	gauge(descReloadTime, float64(s.loadedAt.Load().UnixNano())/1e9)
-	now, expiring := time.Now(), 0
+	now, expiring, warning := time.Now(), 0, s.expiryWarning()
 	for _, c := range s.allCerts() {
 		gauge(descCertNotAfter, float64(c.NotAfter.Unix()), c.Role, c.Subject, c.Serial)
-		if expiryClass(c.NotAfter, now, s.expiryWarning()) != "ok" {
+		if expiryClass(c.NotAfter, now, warning) != "ok" {
 			expiring++
 		}
 	}

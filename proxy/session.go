@@ -93,6 +93,7 @@ type session struct {
 func newSession(srv *Server, conn *tls.Conn, id tlsconf.Identity) *session {
 	var tok [16]byte
 	rand.Read(tok[:])
+	addr := conn.RemoteAddr().String()
 	s := &session{
 		srv:   srv,
 		conn:  conn,
@@ -101,10 +102,10 @@ func newSession(srv *Server, conn *tls.Conn, id tlsconf.Identity) *session {
 		proto: 2,
 		db:    srv.defaultDB,
 		pool:  srv.pool,
-		log:   srv.log.With().Str("remote", conn.RemoteAddr().String()).Object("identity", id).Logger(),
+		log:   srv.log.With().Str("remote", addr).Object("identity", id).Logger(),
 
 		started: time.Now(),
-		addr:    conn.RemoteAddr().String(),
+		addr:    addr,
 		laddr:   conn.LocalAddr().String(),
 	}
 	s.setPool(srv.pool)
