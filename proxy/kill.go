@@ -228,8 +228,8 @@ func (t *session) kill(by *session) {
 	t.killed.Store(true)
 	t.srv.stats.disconnects[byKill].Add(1)
 	t.log.Info().Int64("killed_by", by.clientID).Msg("client killed by CLIENT KILL")
-	if d := t.dedAt.Load(); d != nil && d.Kill() {
-		by.pool.Exchange(by.proto, by.db, encode(killByID(d.ID())...))
+	if d := t.dedAt.Load(); d != nil {
+		by.killDedicated(d)
 	}
 	t.closeClient()
 }
@@ -241,16 +241,21 @@ func (s *session) killSelf() {
 	if s.ded == nil {
 		return
 	}
-	if s.ded.Kill() {
-		s.pool.Exchange(s.proto, s.db, encode(killByID(s.ded.ID())...))
-	}
+	s.killDedicated(s.ded)
 	s.dedAt.Store(nil)
 	s.ded.Release()
 	s.ded = nil
 }
 
-func killByID(id int64) [][]byte {
-	return [][]byte{[]byte("CLIENT"), []byte("KILL"), []byte("ID"), []byte(strconv.FormatInt(id, 10)), []byte("SKIPME"), []byte("no")}
+// killDedicated closes d unless it was released, then kills it in Redis by
+// its id (over s's shared connection), so Redis has freed the client when
+// this returns. A connection closed here never goes back to the pool, so
+// its id names no one else's.
+func (s *session) killDedicated(d *upstream.Dedicated) {
+	if d.Kill() {
+		s.pool.Exchange(s.proto, s.db, encode([]byte("CLIENT"), []byte("KILL"), []byte("ID"),
+			strconv.AppendInt(nil, d.ID(), 10), []byte("SKIPME"), []byte("no")))
+	}
 }
 
 // clientUnblock serves CLIENT UNBLOCK: forwarded, with the id of the
