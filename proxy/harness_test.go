@@ -27,7 +27,6 @@ type pki struct {
 	client              tls.Certificate
 	clientCertFile      string
 	clientKeyFile       string
-	serverLeafForRedis  tlsconf.Leaf
 	redisCert, redisKey string
 }
 
