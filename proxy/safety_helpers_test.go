@@ -398,28 +398,35 @@ func safetyStart(t testing.TB, redisArgs []string, edit func(*config.Config)) *p
 // its own values iters times (SET then GET in one write) and checks that
 // every reply is its own. It returns the first violation.
 func safetyOwnValues(peers []*safetyPeer, prefix string, iters int) error {
+	return safetyEach(peers, func(i int, p *safetyPeer) error {
+		key := fmt.Sprintf("%s:own:%d", prefix, i)
+		for n := range iters {
+			val := fmt.Sprintf("%s-client%d-value%d", prefix, i, n)
+			p.c.SetWriteDeadline(time.Now().Add(safetyReplyWait))
+			if _, err := p.c.Write([]byte(cmd("SET", key, val) + cmd("GET", key))); err != nil {
+				return fmt.Errorf("client %d: write: %v", i, err)
+			}
+			got, err := p.tryFrames(2, safetyReplyWait)
+			want := []string{"+OK\r\n", fmt.Sprintf("$%d\r\n%s\r\n", len(val), val)}
+			if err != nil || got[0] != want[0] || got[1] != want[1] {
+				return fmt.Errorf("client %d, round %d: got %q (%v), want its own %q", i, n, got, err, want)
+			}
+		}
+		return nil
+	})
+}
+
+// safetyEach runs f for every peer, each in its own goroutine, and returns
+// the first error.
+func safetyEach(peers []*safetyPeer, f func(i int, p *safetyPeer) error) error {
 	errs := make(chan error, len(peers))
 	var wg sync.WaitGroup
 	for i, p := range peers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			key := fmt.Sprintf("%s:own:%d", prefix, i)
-			for n := range iters {
-				val := fmt.Sprintf("%s-client%d-value%d", prefix, i, n)
-				p.c.SetWriteDeadline(time.Now().Add(safetyReplyWait))
-				if _, err := p.c.Write([]byte(cmd("SET", key, val) + cmd("GET", key))); err != nil {
-					errs <- fmt.Errorf("client %d: write: %v", i, err)
-					return
-				}
-				got, err := p.tryFrames(2, safetyReplyWait)
-				want := []string{"+OK\r\n", fmt.Sprintf("$%d\r\n%s\r\n", len(val), val)}
-				if err != nil || got[0] != want[0] || got[1] != want[1] {
-					errs <- fmt.Errorf("client %d, round %d: got %q (%v), want its own %q", i, n, got, err, want)
-					return
-				}
+		wg.Go(func() {
+			if err := f(i, p); err != nil {
+				errs <- err
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	close(errs)
@@ -496,29 +503,19 @@ func safetyLogLines(t testing.TB, e *proxyEnv, text string) (lines []map[string]
 // safetyCounters runs one goroutine per peer; each INCRs its own counter n
 // times and checks every reply. It returns the first violation.
 func safetyCounters(peers []*safetyPeer, prefix string, n int) error {
-	errs := make(chan error, len(peers))
-	var wg sync.WaitGroup
-	for i, p := range peers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			key := fmt.Sprintf("%s:counter:%d", prefix, i)
-			for k := 1; k <= n; k++ {
-				p.c.SetWriteDeadline(time.Now().Add(safetyReplyWait))
-				if _, err := p.c.Write([]byte(cmd("INCR", key))); err != nil {
-					errs <- fmt.Errorf("client %d: write: %v", i, err)
-					return
-				}
-				if got, err := p.tryFrames(1, safetyReplyWait); err != nil || got[0] != ":"+strconv.Itoa(k)+"\r\n" {
-					errs <- fmt.Errorf("client %d: INCR #%d: %q, %v", i, k, got, err)
-					return
-				}
+	return safetyEach(peers, func(i int, p *safetyPeer) error {
+		key := fmt.Sprintf("%s:counter:%d", prefix, i)
+		for k := 1; k <= n; k++ {
+			p.c.SetWriteDeadline(time.Now().Add(safetyReplyWait))
+			if _, err := p.c.Write([]byte(cmd("INCR", key))); err != nil {
+				return fmt.Errorf("client %d: write: %v", i, err)
 			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	return <-errs
+			if got, err := p.tryFrames(1, safetyReplyWait); err != nil || got[0] != ":"+strconv.Itoa(k)+"\r\n" {
+				return fmt.Errorf("client %d: INCR #%d: %q, %v", i, k, got, err)
+			}
+		}
+		return nil
+	})
 }
 
 // safetyCheckCounters fails unless every counter of safetyCounters ran
